@@ -1,0 +1,167 @@
+"""Omni-attention: who may look at whom inside one Show-o sequence.
+
+Show-o (arXiv 2408.12528, §3.2 "Omni-Attention Mechanism") runs ONE transformer over
+sequences that mix text tokens and image tokens. Text is modelled autoregressively, so a
+text token may only look backwards (causal attention). Image tokens are modelled by masked
+("discrete diffusion") prediction, so every image token may look at every other image
+token of the same picture, in both directions. A single boolean matrix per sequence,
+`allowed[b, row, col]` = "position `row` may attend to position `col`", expresses both at
+once; that is the whole trick, and this file builds those matrices from token ids.
+
+Three rules are used (SHOWO_FACTS §3):
+
+* t2i (text-to-image):   [PAD]*k <|t2i|> BOS caption EOS <|soi|> img ... img <|eoi|>
+    text rows are causal; rows inside <|soi|> ... <|eoi|> (both included) see all real text
+    before them and the whole image span.
+* mmu (understanding):   <|mmu|> <|soi|> img ... img <|eoi|> BOS question answer EOS
+    causal, except that every row sees everything up to and including the first <|eoi|>,
+    so the task token + image form one bidirectional prefix.
+* lm (plain text):       BOS text EOS — causal.
+
+Everywhere, no real token may look at a [PAD] token; a pad row looks at the pads up to
+itself (its output is never used, but a row that sees nothing would produce NaNs).
+
+The file also holds the attention computation itself: `attend` (PyTorch's fused
+`scaled_dot_product_attention`) and `attend_explicit` (the same maths written out as the
+paper's softmax(QK^T/sqrt(d)) so a reader can see it; the tests check they agree).
+
+Run `python attention.py` to print small example masks.
+Read next: model.py (the transformer that uses these masks).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------------------
+# Building the masks
+# ----------------------------------------------------------------------------------------
+
+def causal_mask(length, device=None):
+    """(L, L) bool: row i may attend column j when j <= i (lower triangle)."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
+
+
+def _hide_padding(allowed, is_pad):
+    """Apply the padding rule to an (B, L, L) mask.
+
+    Real rows never see pad columns. Pad rows see only the pads at or before them: their
+    outputs are thrown away, but each row must see at least itself or softmax gives NaN.
+    """
+    length = is_pad.shape[1]
+    causal = causal_mask(length, is_pad.device)                         # (L, L)
+    real_rows = allowed & ~is_pad[:, None, :]                           # (B, L, L)
+    pad_rows = causal[None] & is_pad[:, None, :]                        # (B, L, L)
+    return torch.where(is_pad[:, :, None], pad_rows, real_rows)
+
+
+def image_span(input_ids, soi_id, eoi_id):
+    """(B, L) bool: True from each <|soi|> to its <|eoi|>, both boundary tokens included.
+
+    Counting the <|soi|>/<|eoi|> seen so far tells whether we are inside a picture: we are
+    inside when more images have opened than closed, or when standing on a boundary token.
+    """
+    opened = (input_ids == soi_id).cumsum(dim=1)                        # (B, L)
+    closed = (input_ids == eoi_id).cumsum(dim=1)                        # (B, L)
+    on_boundary = (input_ids == soi_id) | (input_ids == eoi_id)
+    return (opened > closed) | on_boundary
+
+
+def lm_attention_mask(input_ids, pad_id):
+    """Causal mask for plain text (language modelling), (B, L, L) bool."""
+    batch, length = input_ids.shape
+    allowed = causal_mask(length, input_ids.device).expand(batch, length, length)
+    return _hide_padding(allowed, input_ids == pad_id)
+
+
+def t2i_attention_mask(input_ids, pad_id, soi_id, eoi_id):
+    """Omni-attention for text-to-image sequences, (B, L, L) bool (Show-o §3.2, Fig. 4a).
+
+    Start from a causal mask (text is autoregressive), then open up every image span so
+    its tokens see each other in both directions. Because the image comes after the
+    caption, the causal part already lets image rows see the caption.
+    """
+    batch, length = input_ids.shape
+    causal = causal_mask(length, input_ids.device)[None]               # (1, L, L)
+    in_image = image_span(input_ids, soi_id, eoi_id)                    # (B, L)
+    both_in_image = in_image[:, :, None] & in_image[:, None, :]         # (B, L, L)
+    # One picture per sequence in Show-o; with several, this would also let two pictures
+    # see each other, which Show-o never trains on.
+    return _hide_padding(causal | both_in_image, input_ids == pad_id)
+
+
+def mmu_attention_mask(input_ids, pad_id, eoi_id):
+    """Omni-attention for understanding sequences, (B, L, L) bool (Show-o §3.2, Fig. 4b).
+
+    Causal, except that every row may see all positions up to and including the first
+    <|eoi|>: the task token and the image are one bidirectional prefix. (This differs from
+    the t2i rule at <|mmu|>, position 0, and the released weights were trained with it.)
+    """
+    batch, length = input_ids.shape
+    causal = causal_mask(length, input_ids.device)[None]               # (1, L, L)
+    # prefix[b, j] is True for columns j at or before the first <|eoi|> of sequence b.
+    eoi_seen_before = (input_ids == eoi_id).cumsum(dim=1) - (input_ids == eoi_id).long()
+    prefix = eoi_seen_before == 0                                       # (B, L)
+    return _hide_padding(causal | prefix[:, None, :], input_ids == pad_id)
+
+
+# ----------------------------------------------------------------------------------------
+# Using the masks
+# ----------------------------------------------------------------------------------------
+
+def attend_explicit(q, k, v, allowed):
+    """Masked attention written out: softmax(q k^T / sqrt(d)) v, scores in float32.
+
+    q: (B, H, Lq, d), k and v: (B, H, Lk, d), allowed: (B, Lq, Lk) bool -> (B, H, Lq, d).
+    This is the textbook version, kept for reading and as the check for `attend`.
+    """
+    scores = q.float() @ k.float().transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, Lq, Lk)
+    scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+    weights = scores.softmax(dim=-1).to(v.dtype)                          # (B, H, Lq, Lk)
+    return weights @ v                                                    # (B, H, Lq, d)
+
+
+def attend(q, k, v, allowed):
+    """The same as `attend_explicit`, through PyTorch's fused kernel (faster, less memory).
+
+    A boolean `attn_mask` in scaled_dot_product_attention means "True = may attend", which
+    is exactly our convention.
+    """
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+
+
+def show_mask(allowed, tokens=None):
+    """Render one (L, L) mask as text: '#' may attend, '.' may not."""
+    rows = []
+    for i, row in enumerate(allowed.tolist()):
+        label = f"{tokens[i]:>7} " if tokens is not None else ""
+        rows.append(label + " ".join("#" if cell else "." for cell in row))
+    return "\n".join(rows)
+
+
+def _demo():
+    """Print the three rules on a toy vocabulary so the pattern can be seen."""
+    pad, soi, eoi, t2i, mmu, bos = 0, 1, 2, 3, 4, 5
+    word, img = 6, 7
+    names = {pad: "[PAD]", soi: "<soi>", eoi: "<eoi>", t2i: "<t2i>", mmu: "<mmu>",
+             bos: "BOS", word: "word", img: "img"}
+
+    t2i_ids = torch.tensor([[pad, pad, t2i, bos, word, word, bos, soi, img, img, img, eoi]])
+    mmu_ids = torch.tensor([[mmu, soi, img, img, img, eoi, bos, word, word, word]])
+    lm_ids = torch.tensor([[bos, word, word, word, bos, pad, pad]])
+    examples = [
+        ("t2i: causal caption, bidirectional image (pads hidden)",
+         t2i_ids, t2i_attention_mask(t2i_ids, pad, soi, eoi)),
+        ("mmu: bidirectional <mmu>+image prefix, causal question/answer",
+         mmu_ids, mmu_attention_mask(mmu_ids, pad, eoi)),
+        ("lm: causal", lm_ids, lm_attention_mask(lm_ids, pad)),
+    ]
+    for title, ids, allowed in examples:
+        print(f"\n{title}\n")
+        print(show_mask(allowed[0], [names[t] for t in ids[0].tolist()]))
+
+
+if __name__ == "__main__":
+    _demo()

@@ -1,0 +1,580 @@
+"""The Show-o transformer: Phi-1.5 with QK-Norm over one text+image vocabulary.
+
+Show-o (arXiv 2408.12528, §3.1-§3.3) takes a pretrained language model (Phi-1.5), adds
+8192 image-token ids and a handful of special tokens to its vocabulary, switches on
+QK-Norm (a LayerNorm on each head's queries and keys, for stable training) and trains the
+SAME network for two jobs:
+
+* next-token prediction (NTP) on text: captioning, VQA and plain language modelling;
+* mask-token prediction (MTP) on image tokens: some image tokens are replaced by [MASK]
+  and the network predicts the originals (discrete diffusion, MaskGIT style).
+
+The only thing that tells the two apart inside the network is the attention mask
+(attention.py). This file holds, top to bottom:
+
+1. `ShowoConfig`, the sizes and the token layout (SHOWO_FACTS §1, §4), with presets;
+2. the network: rotary embedding, QK-Norm attention, MLP, parallel Phi block, `Showo`;
+3. the two losses, `ntp_loss` and `mtp_loss` (§3.3, Eq. 1 and 2);
+4. loading the released weights: a visible key-name table, readers for .bin and
+   .safetensors, and `python model.py convert ...` which writes the single-file
+   checkpoint that train.py and sampling.py use.
+
+Read first: attention.py. Read next: tokenizer.py (how pixels and words become ids),
+then sampling.py (how the model generates).
+"""
+
+import argparse
+import json
+import re
+import struct
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from attention import attend, attend_explicit, mmu_attention_mask
+
+
+# ----------------------------------------------------------------------------------------
+# 1. Configuration
+# ----------------------------------------------------------------------------------------
+
+# The ten tokens Show-o appends after the text vocabulary, in the order it adds them.
+SPECIAL_TOKENS = ("[PAD]", "<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>",
+                  "<|t2i|>", "<|mmu|>", "<|t2v|>", "<|v2v|>", "<|lvg|>")
+
+
+@dataclass
+class ShowoConfig:
+    """Sizes of the transformer and layout of the unified vocabulary.
+
+    Vocabulary (ids in this order):
+        [0, llm_vocab_size)                      text tokens (BPE)
+        llm_vocab_size + 0 ... + 9               SPECIAL_TOKENS ([PAD], <|soi|>, ...)
+        image_offset + c, c in [0, codebook)     image token for code c
+        vocab_size - 1                           [MASK]
+    """
+    # vocabulary
+    llm_vocab_size: int = 50295
+    codebook_size: int = 8192
+    vocab_size: int = 58498
+    bos_token_id: int = 50256         # Phi's <|endoftext|> is both BOS and EOS
+    eos_token_id: int = 50256
+    # sequence layout
+    num_vq_tokens: int = 256          # image tokens per picture (16x16 at 256 px)
+    max_text_len: int = 128           # caption tokens; the text part has max_text_len+1 slots
+    # transformer (Phi-1.5 full size)
+    hidden_size: int = 2048
+    num_layers: int = 24
+    num_heads: int = 32
+    intermediate_size: int = 8192
+    partial_rotary_factor: float = 0.5
+    rope_theta: float = 10000.0
+    layer_norm_eps: float = 1e-5
+    max_position_embeddings: int = 2048
+    dropout: float = 0.0
+
+    # The special ids follow from llm_vocab_size; [MASK] is the last id.
+    @property
+    def pad_id(self): return self.llm_vocab_size + SPECIAL_TOKENS.index("[PAD]")
+    @property
+    def soi_id(self): return self.llm_vocab_size + SPECIAL_TOKENS.index("<|soi|>")
+    @property
+    def eoi_id(self): return self.llm_vocab_size + SPECIAL_TOKENS.index("<|eoi|>")
+    @property
+    def t2i_id(self): return self.llm_vocab_size + SPECIAL_TOKENS.index("<|t2i|>")
+    @property
+    def mmu_id(self): return self.llm_vocab_size + SPECIAL_TOKENS.index("<|mmu|>")
+    @property
+    def mask_token_id(self): return self.vocab_size - 1
+    @property
+    def image_offset(self): return self.mask_token_id - self.codebook_size
+    @property
+    def head_dim(self): return self.hidden_size // self.num_heads
+    @property
+    def rotary_dim(self): return int(self.partial_rotary_factor * self.head_dim)
+
+    @classmethod
+    def preset(cls, name, **overrides):
+        """A named size: 'showo-256', 'showo-512' (released) or 'tiny' (trains on a CPU)."""
+        presets = {
+            "showo-256": dict(num_vq_tokens=256),
+            "showo-512": dict(num_vq_tokens=1024),
+            "tiny": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024,
+                         max_position_embeddings=256),
+        }
+        if name not in presets:
+            raise ValueError(f"unknown preset {name!r}: choose one of {sorted(presets)}")
+        return cls(**{**presets[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, d):
+        """Build from a dict, ignoring keys that are not fields (bookkeeping in files)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# ----------------------------------------------------------------------------------------
+# 2. The network
+# ----------------------------------------------------------------------------------------
+
+def rotary_cos_sin(positions, dim, base):
+    """cos/sin tables for rotary position embedding (RoPE), each (B, L, dim).
+
+    Frequencies inv_freq_i = 1 / base^(2i/dim); the angle of position p is p * inv_freq,
+    repeated twice because the "rotate-half" layout pairs channel i with channel i+dim/2.
+    """
+    inv_freq = 1.0 / base ** (torch.arange(0, dim, 2, device=positions.device).float() / dim)
+    angles = positions.float()[..., None] * inv_freq                    # (B, L, dim/2)
+    angles = torch.cat([angles, angles], dim=-1)                        # (B, L, dim)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate the first `dim` channels of every head; the rest pass through (Phi's partial RoPE).
+
+    x: (B, H, L, head_dim), cos/sin: (B, L, dim). Rotate-half (GPT-NeoX) layout: the
+    pair (x_i, x_{i+dim/2}) is rotated by the angle of frequency i.
+    """
+    dim = cos.shape[-1]
+    rot, keep = x[..., :dim], x[..., dim:]
+    first, second = rot.chunk(2, dim=-1)
+    rotated_half = torch.cat([-second, first], dim=-1)
+    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)       # (B, 1, L, dim)
+    return torch.cat([rot * cos + rotated_half * sin, keep], dim=-1)
+
+
+class QKNormAttention(nn.Module):
+    """Multi-head self-attention with QK-Norm (Show-o §3.2; Dehghani et al. 2023).
+
+    Show-o normalises each head's queries and keys with a LayerNorm before RoPE. Without
+    it, mixing text and image objectives made the attention logits grow and training
+    diverge; with it the logits stay bounded.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.hidden_size
+        self.q = nn.Linear(d, d)
+        self.k = nn.Linear(d, d)
+        self.v = nn.Linear(d, d)
+        self.q_norm = nn.LayerNorm(cfg.head_dim, eps=cfg.layer_norm_eps)
+        self.k_norm = nn.LayerNorm(cfg.head_dim, eps=cfg.layer_norm_eps)
+        self.out = nn.Linear(d, d)
+        self.explicit = False   # True: use attend_explicit (for reading / checking)
+
+    def split_heads(self, x):
+        """(B, L, D) -> (B, H, L, head_dim)."""
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.cfg.num_heads, self.cfg.head_dim).transpose(1, 2)
+
+    def forward(self, x, allowed, cos, sin):
+        q = self.q_norm(self.split_heads(self.q(x)))                      # (B, H, L, hd)
+        k = self.k_norm(self.split_heads(self.k(x)))                      # (B, H, L, hd)
+        v = self.split_heads(self.v(x))                                   # (B, H, L, hd)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        y = (attend_explicit if self.explicit else attend)(q, k, v, allowed)
+        y = y.transpose(1, 2).reshape(x.shape)                            # (B, L, D)
+        return self.out(y)
+
+
+class MLP(nn.Module):
+    """Phi's feed-forward: fc1 -> GELU (tanh approximation, 'gelu_new') -> fc2."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """One Phi layer. Attention and MLP run in PARALLEL on the same normalised input:
+
+        x = x + attn(ln(x)) + mlp(ln(x))
+
+    (unlike GPT-2's sequential x + attn(ln1(x)), then + mlp(ln2(x))).
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.attn = QKNormAttention(cfg)
+        self.mlp = MLP(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, allowed, cos, sin):
+        h = self.norm(x)
+        return x + self.dropout(self.attn(h, allowed, cos, sin)) + self.dropout(self.mlp(h))
+
+
+class Showo(nn.Module):
+    """Token ids + attention mask -> logits over the unified vocabulary."""
+
+    def __init__(self, cfg: ShowoConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.norm_f = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size)   # not tied to embed
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module):
+        """GPT-style init (normal, std 0.02; zero biases) for training from scratch."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear):
+            nn.init.zeros_(module.bias)
+
+    def use_explicit_attention(self, explicit=True):
+        """Switch every layer between the fused SDPA kernel and the written-out softmax."""
+        for block in self.blocks:
+            block.attn.explicit = explicit
+
+    def forward(self, input_ids, allowed, position_ids=None):
+        """input_ids (B, L) long, allowed (B, L, L) bool -> logits (B, L, V) float32.
+
+        Position ids default to 0 ... L-1 over the padded sequence (as in the reference).
+        """
+        batch, length = input_ids.shape
+        if position_ids is None:
+            position_ids = torch.arange(length, device=input_ids.device).expand(batch, length)
+        cos, sin = rotary_cos_sin(position_ids, self.cfg.rotary_dim, self.cfg.rope_theta)
+        x = self.embed(input_ids)                                         # (B, L, D)
+        for block in self.blocks:
+            x = block(x, allowed, cos, sin)
+        return self.lm_head(self.norm_f(x)).float()                       # (B, L, V)
+
+    @torch.no_grad()
+    def generate_text(self, input_ids, max_new_tokens, temperature=0.0, top_k=None,
+                      generator=None, stop_at_eos=True):
+        """Continue understanding sequences token by token (Show-o §3.4, MMU inference).
+
+        The simple way: recompute the whole sequence under the MMU mask for every new
+        token. Greedy (argmax) when temperature is 0. Returns (B, T) new ids, T <=
+        max_new_tokens; with stop_at_eos, a finished row is filled with EOS and generation
+        ends once every row has produced EOS.
+        """
+        ids = input_ids
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        for _ in range(max_new_tokens):
+            allowed = mmu_attention_mask(ids, self.cfg.pad_id, self.cfg.eoi_id)
+            logits = self(ids, allowed)[:, -1]                            # (B, V)
+            next_id = pick_token(logits, temperature, top_k, generator)   # (B,)
+            if stop_at_eos:
+                next_id = next_id.masked_fill(done, self.cfg.eos_token_id)
+                done |= next_id == self.cfg.eos_token_id
+            ids = torch.cat([ids, next_id[:, None]], dim=1)
+            if done.all():
+                break
+        return ids[:, input_ids.shape[1]:]
+
+
+def pick_token(logits, temperature=0.0, top_k=None, generator=None):
+    """Choose one id per row of (B, V) logits: argmax, or sample from the (top-k) softmax."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
+
+
+# ----------------------------------------------------------------------------------------
+# 3. The two objectives (Show-o §3.3)
+# ----------------------------------------------------------------------------------------
+
+IGNORE = -100   # label value that cross-entropy skips (padding, prompt, unmasked tokens)
+
+
+def ntp_loss(logits, labels):
+    """Next-token prediction (Eq. 1): position i predicts label i+1; IGNORE is skipped.
+
+    logits (B, L, V), labels (B, L) with IGNORE where no loss is wanted.
+    """
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
+                           ignore_index=IGNORE)
+
+
+def mtp_loss(logits, labels):
+    """Mask-token prediction (Eq. 2): each [MASK] position predicts its own original token.
+
+    No shift: the labels hold the original image token at masked positions, IGNORE elsewhere.
+    """
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+
+
+# ----------------------------------------------------------------------------------------
+# 4. Loading released weights
+# ----------------------------------------------------------------------------------------
+
+# Released Show-o key (left) -> our parameter name (right). {i} is the layer number.
+# This table is the whole translation; everything else is reading files.
+SHOWO_KEY_TABLE = [
+    ("showo.model.embed_tokens.weight",                   "embed.weight"),
+    ("showo.model.layers.{i}.input_layernorm.{p}",         "blocks.{i}.norm.{p}"),
+    ("showo.model.layers.{i}.self_attn.q_proj.{p}",        "blocks.{i}.attn.q.{p}"),
+    ("showo.model.layers.{i}.self_attn.k_proj.{p}",        "blocks.{i}.attn.k.{p}"),
+    ("showo.model.layers.{i}.self_attn.v_proj.{p}",        "blocks.{i}.attn.v.{p}"),
+    ("showo.model.layers.{i}.self_attn.q_layernorm.{p}",   "blocks.{i}.attn.q_norm.{p}"),
+    ("showo.model.layers.{i}.self_attn.k_layernorm.{p}",   "blocks.{i}.attn.k_norm.{p}"),
+    ("showo.model.layers.{i}.self_attn.dense.{p}",         "blocks.{i}.attn.out.{p}"),
+    ("showo.model.layers.{i}.mlp.fc1.{p}",                 "blocks.{i}.mlp.fc1.{p}"),
+    ("showo.model.layers.{i}.mlp.fc2.{p}",                 "blocks.{i}.mlp.fc2.{p}"),
+    ("showo.model.final_layernorm.{p}",                    "norm_f.{p}"),
+    ("showo.lm_head.{p}",                                  "lm_head.{p}"),
+]
+
+
+def _template_regex(template):
+    """'a.{i}.b.{p}' -> regex with named groups i (digits) and p (weight|bias)."""
+    pattern = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)")
+    return re.compile(pattern + "$")
+
+
+def rename_released_keys(state_dict, table=SHOWO_KEY_TABLE):
+    """Translate released key names to ours. Keys that match no row are returned apart."""
+    rules = [(_template_regex(theirs), ours) for theirs, ours in table]
+    renamed, unmatched = {}, []
+    for key, tensor in state_dict.items():
+        for regex, ours in rules:
+            m = regex.match(key)
+            if m:
+                renamed[ours.format(**m.groupdict())] = tensor
+                break
+        else:
+            unmatched.append(key)
+    return renamed, unmatched
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be loaded; the message says what to do."""
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+def read_safetensors(path):
+    """Read a .safetensors file with plain Python: the format is tiny.
+
+    [8 bytes: little-endian header length n][n bytes: JSON header][raw tensor bytes]
+    The header maps each name to {dtype, shape, data_offsets: [begin, end]}, offsets
+    counted from the end of the header.
+    """
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+        data_start = 8 + header_len
+        tensors = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = info["data_offsets"]
+            f.seek(data_start + begin)
+            raw = bytearray(f.read(end - begin))
+            dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+            tensors[name] = torch.frombuffer(raw, dtype=dtype).reshape(info["shape"]) if raw else \
+                torch.empty(info["shape"], dtype=dtype)
+    return tensors
+
+
+def read_weights(directory):
+    """All tensors of a released checkpoint directory, whatever the file layout.
+
+    Accepted: pytorch_model.bin; model.safetensors / any *.safetensors; and sharded
+    variants described by a *.index.json ({"weight_map": {name: shard file}}).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory {directory} not found: pass the folder "
+                              f"downloaded with huggingface-cli")
+    index = sorted(directory.glob("*.index.json"))
+    if index:
+        shard_names = sorted(set(json.loads(index[0].read_text())["weight_map"].values()))
+        files = [directory / name for name in shard_names]
+    else:
+        files = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
+    if not files:
+        raise CheckpointError(f"no weights in {directory}: expected pytorch_model.bin or "
+                              f"*.safetensors (with an *.index.json when sharded)")
+    state = {}
+    for file in files:
+        if not file.exists():
+            raise CheckpointError(f"shard {file.name} named in the index is missing from {directory}")
+        if file.suffix == ".safetensors":
+            state.update(read_safetensors(file))
+        else:
+            state.update(torch.load(file, map_location="cpu", weights_only=True))
+    return state
+
+
+def read_json(path):
+    """A JSON file as a dict, or {} when it does not exist."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def config_from_released(showo_dir, phi_dir=None):
+    """ShowoConfig from the released config files (SHOWO_FACTS §4).
+
+    showo/config.json gives the vocabulary; the transformer's shape comes from the
+    Phi-1.5 download's config.json (its own vocab_size and qk_layernorm=false are
+    ignored: Show-o resizes the vocabulary and always uses QK-Norm).
+    """
+    showo = read_json(Path(showo_dir) / "config.json")
+    if not showo:
+        raise CheckpointError(f"{showo_dir}/config.json not found: pass the show-o checkpoint folder")
+    phi = read_json(Path(phi_dir) / "config.json") if phi_dir else {}
+    size = dict(
+        hidden_size=phi.get("hidden_size"), num_layers=phi.get("num_hidden_layers"),
+        num_heads=phi.get("num_attention_heads"), intermediate_size=phi.get("intermediate_size"),
+        partial_rotary_factor=phi.get("partial_rotary_factor"), rope_theta=phi.get("rope_theta"),
+        layer_norm_eps=phi.get("layer_norm_eps"),
+        max_position_embeddings=phi.get("max_position_embeddings"),
+        bos_token_id=phi.get("bos_token_id"), eos_token_id=phi.get("eos_token_id"),
+    )
+    cfg = ShowoConfig.from_dict({k: v for k, v in size.items() if v is not None})
+    cfg.llm_vocab_size = showo["llm_vocab_size"]
+    cfg.codebook_size = showo["codebook_size"]
+    cfg.vocab_size = showo["vocab_size"]
+    cfg.num_vq_tokens = showo["num_vq_tokens"]
+    if showo.get("mask_token_id", cfg.mask_token_id) != cfg.mask_token_id:
+        raise CheckpointError(f"{showo_dir}/config.json: mask_token_id {showo['mask_token_id']} is not "
+                              f"vocab_size - 1 = {cfg.mask_token_id}; this layout is not Show-o's")
+    return cfg
+
+
+def load_state(module, state, source):
+    """load_state_dict that fails with ONE clear line listing missing/unexpected/misshapen keys."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    misshapen = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                 for k in own if k in state and state[k].shape != own[k].shape]
+    problems = [f"missing {missing}" if missing else "",
+                f"unexpected {unexpected}" if unexpected else "",
+                f"wrong shape {misshapen}" if misshapen else ""]
+    problems = "; ".join(p for p in problems if p)
+    if problems:
+        raise CheckpointError(f"{source} does not fit the model: {problems}")
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def load_released_showo(showo_dir, phi_dir=None):
+    """A `Showo` with the released weights from showo_dir (and Phi's config from phi_dir)."""
+    cfg = config_from_released(showo_dir, phi_dir)
+    renamed, unmatched = rename_released_keys(read_weights(showo_dir))
+    if unmatched:
+        raise CheckpointError(f"{showo_dir}: keys not in SHOWO_KEY_TABLE: {unmatched[:10]}"
+                              f"{' ...' if len(unmatched) > 10 else ''}")
+    model = Showo(cfg)
+    load_state(model, renamed, showo_dir)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------
+# The single-file checkpoint (what train.py writes and sampling.py reads)
+# ----------------------------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = "showo-from-scratch/1"
+
+
+def save_checkpoint(path, model, vq, text_tokenizer, extra=None, dtype=None):
+    """One file: both configs, both networks' weights, the text tokenizer, and `extra`.
+
+    Everything is stored as plain containers and tensors, so it loads with
+    torch.load(weights_only=True).
+    """
+    def weights(module):
+        return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).cpu()
+                for k, v in module.state_dict().items()}
+    torch.save({
+        "format": CHECKPOINT_FORMAT,
+        "showo_config": asdict(model.cfg),
+        "vq_config": asdict(vq.cfg),
+        "showo": weights(model),
+        "vq": weights(vq),
+        "text_tokenizer": text_tokenizer.to_dict(),
+        "extra": extra or {},
+    }, path)
+
+
+def load_checkpoint(path, device="cpu", dtype=None):
+    """(model, vq, text_tokenizer, extra) from a file written by save_checkpoint / convert.
+
+    dtype casts the transformer (e.g. torch.bfloat16 on CUDA); the image tokenizer stays
+    in float32, where its GroupNorms are accurate.
+    """
+    from tokenizer import ImageTokenizer, ImageTokenizerConfig, TextTokenizer
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} not found: train one with `python train.py --tiny` "
+                              f"or convert the released weights with `python model.py convert`")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"{path} is not a readable torch checkpoint ({error.__class__.__name__})")
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a Show-o checkpoint of this project: "
+                              f"convert released weights with `python model.py convert`")
+    model = Showo(ShowoConfig.from_dict(blob["showo_config"]))
+    load_state(model, blob["showo"], path)
+    vq = ImageTokenizer(ImageTokenizerConfig.from_dict(blob["vq_config"]))
+    load_state(vq, blob["vq"], path)
+    model = model.to(device=device, dtype=dtype).eval()
+    vq = vq.to(device).eval()
+    return model, vq, TextTokenizer.from_dict(blob["text_tokenizer"]), blob["extra"]
+
+
+def convert(args):
+    """`python model.py convert`: released folders -> one showo.pt."""
+    from tokenizer import TextTokenizer, load_released_image_tokenizer
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    print(f"reading Show-o from {args.showo} ...")
+    model = load_released_showo(args.showo, args.tokenizer)
+    print(f"reading the MAGVIT-v2 image tokenizer from {args.magvit} ...")
+    vq = load_released_image_tokenizer(args.magvit)
+    text_tokenizer = TextTokenizer.from_files(args.tokenizer)
+    if len(text_tokenizer) > model.cfg.llm_vocab_size:
+        raise CheckpointError(f"the text tokenizer in {args.tokenizer} has {len(text_tokenizer)} ids but "
+                              f"the model only {model.cfg.llm_vocab_size} text ids: wrong tokenizer folder?")
+    save_checkpoint(args.out, model, vq, text_tokenizer, dtype=dtypes[args.dtype],
+                    extra={"source": {"showo": str(args.showo), "magvit": str(args.magvit)}})
+    params = sum(p.numel() for p in model.parameters())
+    print(f"wrote {args.out}: transformer {params / 1e6:.0f}M parameters in {args.dtype}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Show-o model utilities.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("convert", help="released checkpoint folders -> one showo.pt")
+    c.add_argument("--showo", required=True, help="folder of showlab/show-o (or show-o-512x512)")
+    c.add_argument("--magvit", required=True, help="folder of showlab/magvitv2")
+    c.add_argument("--tokenizer", required=True,
+                   help="folder of microsoft/phi-1_5 (vocab.json, merges.txt, config.json)")
+    c.add_argument("--out", default="showo.pt")
+    c.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    args = parser.parse_args(argv)
+    try:
+        convert(args)
+    except (CheckpointError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
