@@ -255,19 +255,22 @@ class Showo(nn.Module):
 
     @torch.no_grad()
     def generate_text(self, input_ids, max_new_tokens, temperature=0.0, top_k=None,
-                      generator=None, stop_at_eos=True):
+                      generator=None, stop_at_eos=True, text_only=False):
         """Continue understanding sequences token by token (Show-o §3.4, MMU inference).
 
         The simple way: recompute the whole sequence under the MMU mask for every new
         token. Greedy (argmax) when temperature is 0. Returns (B, T) new ids, T <=
         max_new_tokens; with stop_at_eos, a finished row is filled with EOS and generation
-        ends once every row has produced EOS.
+        ends once every row has produced EOS. text_only forbids image and special ids (the
+        reference picks from the whole vocabulary; a small model may stray outside text).
         """
         ids = input_ids
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         for _ in range(max_new_tokens):
             allowed = mmu_attention_mask(ids, self.cfg.pad_id, self.cfg.eoi_id)
             logits = self(ids, allowed)[:, -1]                            # (B, V)
+            if text_only:
+                logits[:, self.cfg.llm_vocab_size:] = float("-inf")
             next_id = pick_token(logits, temperature, top_k, generator)   # (B,)
             if stop_at_eos:
                 next_id = next_id.masked_fill(done, self.cfg.eos_token_id)

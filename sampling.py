@@ -61,8 +61,8 @@ def guide(cond_logits, uncond_logits, w):
 
 def gumbel_noise(shape, generator, device):
     """Samples of the standard Gumbel distribution, -log(-log(U))."""
-    u = torch.rand(shape, generator=generator, device=device)
-    return -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+    u = torch.rand(shape, generator=generator, device=device).clamp(1e-20, 1 - 1e-7)
+    return -torch.log(-torch.log(u))
 
 
 def maskgit_step(tokens, logits, step, steps, cfg, temperature=1.0, generator=None):
@@ -221,7 +221,7 @@ def answer_questions(model, image_codes, questions_ids, max_new_tokens=32, tempe
     padded, lengths = mmu_sequences(image_codes + cfg.image_offset, questions_ids, cfg)
     rows = [row[:n] for row, n in zip(padded.tolist(), lengths)]
     ids = left_pad(rows, cfg.pad_id).to(image_codes.device)
-    new = model.generate_text(ids, max_new_tokens, temperature, top_k, generator)
+    new = model.generate_text(ids, max_new_tokens, temperature, top_k, generator, text_only=True)
     answers = []
     for row in new.tolist():
         answers.append(row[:row.index(cfg.eos_token_id)] if cfg.eos_token_id in row else row)

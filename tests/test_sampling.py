@@ -1,0 +1,164 @@
+"""MaskGIT sampling, guidance, inpainting, understanding and the sampling CLI."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sampling
+from attention import t2i_attention_mask
+from model import load_checkpoint
+from sampling import (FullRecomputeT2I, generate_image_codes, guide, mask_schedule, maskgit_step,
+                      shift_codes, stitch_extension)
+from tokenizer import t2i_sequences
+
+
+def test_mask_schedule_endpoints():
+    assert mask_schedule(0.0).item() == pytest.approx(1.0)
+    assert mask_schedule(0.5).item() == pytest.approx(math.cos(math.pi / 4))
+    assert mask_schedule(1.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_each_step_leaves_the_scheduled_number_of_masks(micro):
+    cfg = micro[0].cfg
+    n, steps = cfg.num_vq_tokens, 8
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.full((3, n), cfg.mask_token_id)
+    for step in range(steps):
+        unknown_before = (tokens == cfg.mask_token_id).sum(1)
+        logits = torch.randn(3, n, cfg.codebook_size, generator=gen)
+        codes, tokens = maskgit_step(tokens, logits, step, steps, cfg, generator=gen)
+        scheduled = math.floor(n * math.cos((step + 1) / steps * math.pi / 2))
+        expected = torch.clamp(torch.minimum(unknown_before - 1, torch.tensor(scheduled)), min=1)
+        assert torch.equal((tokens == cfg.mask_token_id).sum(1), expected), f"step {step}"
+        assert ((codes >= 0) & (codes < cfg.codebook_size)).all()
+    assert (tokens == cfg.mask_token_id).sum(1).tolist() == [1, 1, 1]   # the last guess is returned
+
+
+def test_guidance_is_one_plus_w_cond_minus_w_uncond(micro):
+    model, _, text_tokenizer, _ = micro
+    cfg = model.cfg
+    caption = text_tokenizer.encode("a red circle in the center")
+    tokens = torch.randint(cfg.codebook_size, (1, cfg.num_vq_tokens)) + cfg.image_offset
+    tokens[:, ::3] = cfg.mask_token_id
+
+    def image_logits(prompt):
+        ids = t2i_sequences([prompt], tokens, cfg)
+        logits = model(ids, t2i_attention_mask(ids, cfg.pad_id, cfg.soi_id, cfg.eoi_id))
+        return logits[:, -(cfg.num_vq_tokens + 1):-1, cfg.image_offset:cfg.image_offset + cfg.codebook_size]
+
+    with torch.no_grad():
+        guided = FullRecomputeT2I(model, [caption], guidance=2.5)(tokens)
+        expected = 3.5 * image_logits(caption) - 2.5 * image_logits([])
+    assert torch.allclose(guided, expected, atol=1e-5)
+    assert torch.equal(guide(torch.tensor(2.0), torch.tensor(1.0), 2.5), torch.tensor(4.5))
+
+
+def test_inpainting_never_changes_a_given_token(micro):
+    model, _, text_tokenizer, _ = micro
+    cfg = model.cfg
+    gen = torch.Generator().manual_seed(1)
+    known = torch.randint(cfg.codebook_size, (2, cfg.num_vq_tokens), generator=gen)
+    holes = torch.rand(2, cfg.num_vq_tokens, generator=gen) < 0.4
+    given = known.masked_fill(holes, -1)
+    prompts = [text_tokenizer.encode("a blue square at the top left")] * 2
+    codes = generate_image_codes(model, prompts, steps=5, guidance=1.5, generator=gen, known_codes=given)
+    assert torch.equal(codes[~holes], known[~holes])
+    assert ((codes >= 0) & (codes < cfg.codebook_size)).all()
+
+
+def test_same_seed_same_image(micro):
+    model, _, text_tokenizer, _ = micro
+    prompt = [text_tokenizer.encode("a green triangle in the center")]
+    first = generate_image_codes(model, prompt, steps=4, generator=torch.Generator().manual_seed(3))
+    second = generate_image_codes(model, prompt, steps=4, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(first, second)
+
+
+def test_batched_ragged_questions_match_one_at_a_time(micro):
+    model, _, text_tokenizer, _ = micro
+    cfg = model.cfg
+    codes = torch.randint(cfg.codebook_size, (2, cfg.num_vq_tokens), generator=torch.Generator().manual_seed(4))
+    questions = [text_tokenizer.encode("how many shapes are there?"), text_tokenizer.encode("describe the image.")]
+    together = sampling.answer_questions(model, codes, questions, max_new_tokens=5)
+    alone = [sampling.answer_questions(model, codes[i:i + 1], questions[i:i + 1], max_new_tokens=5)[0]
+             for i in range(2)]
+    assert together == alone
+    assert all(t < cfg.llm_vocab_size for answer in together for t in answer)
+
+
+@pytest.mark.parametrize("direction", ["left", "right", "up", "down"])
+def test_extension_keeps_the_original_half(direction):
+    grid = 4
+    codes = torch.arange(16).view(1, 16)
+    shifted = shift_codes(codes, direction, grid).view(grid, grid)
+    kept = shifted[shifted >= 0]
+    assert len(kept) == 8 and (shifted < 0).sum() == 8
+    original = np.zeros((8, 8, 3), np.uint8)
+    grown = stitch_extension(original, np.full((8, 8, 3), 9, np.uint8), direction)
+    assert grown.shape[:2] == ((8, 12) if direction in ("left", "right") else (12, 8))
+    assert (grown == 9).sum() == 4 * 8 * 3
+
+
+def test_checkpoint_round_trip_gives_identical_logits(micro):
+    model, _, _, path = micro
+    loaded, vq, text_tokenizer, _ = load_checkpoint(path)
+    ids = torch.randint(model.cfg.llm_vocab_size, (2, 12))
+    allowed = torch.ones(12, 12, dtype=torch.bool).tril().expand(2, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(model(ids, allowed), loaded(ids, allowed))
+    assert text_tokenizer.encode("a red circle") == micro[2].encode("a red circle")
+
+
+# ---- the command line ------------------------------------------------------------------
+
+def run_cli(*args):
+    """Run sampling.main and return (exit message or None)."""
+    try:
+        sampling.main([str(a) for a in args])
+    except SystemExit as stop:
+        return str(stop.code)
+    return None
+
+
+def test_cli_writes_one_image_and_a_grid(micro, tmp_path):
+    path = micro[3]
+    assert run_cli("--ckpt", path, "--prompt", "a red circle in the center", "--steps", 3,
+                   "--out", tmp_path / "one.png", "--device", "cpu") is None
+    assert Image.open(tmp_path / "one.png").size == (32, 32)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle in the center\n\na blue square at the top left\n")
+    assert run_cli("--ckpt", path, "--prompts-file", prompts, "--steps", 2, "--out-dir", tmp_path / "many") is None
+    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["000.png", "001.png", "grid.png"]
+
+
+def test_cli_inpaints_extends_and_answers(micro, tmp_path, capsys):
+    path = micro[3]
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "in.png")
+    mask = np.zeros((32, 32, 3), np.uint8)
+    mask[:16] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    assert run_cli("--ckpt", path, "--image", tmp_path / "in.png", "--mask", tmp_path / "mask.png",
+                   "--prompt", "a red circle at the top left", "--steps", 2, "--out", tmp_path / "fill.png") is None
+    assert Image.open(tmp_path / "fill.png").size == (32, 32)
+    assert run_cli("--ckpt", path, "--image", tmp_path / "in.png", "--extend", "right",
+                   "--prompt", "a red circle", "--steps", 2, "--out", tmp_path / "wide.png") is None
+    assert Image.open(tmp_path / "wide.png").size == (48, 32)
+    assert run_cli("--ckpt", path, "--image", tmp_path / "in.png", "--question", "how many shapes are there?",
+                   "--max-new-tokens", 3) is None
+    assert capsys.readouterr().out.strip() != ""
+
+
+def test_cli_errors_are_one_clear_line(micro, tmp_path):
+    path = micro[3]
+    message = run_cli("--ckpt", tmp_path / "missing.pt", "--prompt", "a red circle")
+    assert message.startswith("error:") and "not found" in message and "\n" not in message
+    (tmp_path / "foreign.pt").write_bytes(b"not a checkpoint")
+    assert "not a readable torch checkpoint" in run_cli("--ckpt", tmp_path / "foreign.pt", "--prompt", "x")
+    assert "shorten it" in run_cli("--ckpt", path, "--prompt", "a red circle " * 40)
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    assert "cannot read image" in run_cli("--ckpt", path, "--image", tmp_path / "bad.png", "--question", "what?")
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU" in run_cli("--ckpt", path, "--prompt", "a red circle", "--device", "cuda")
