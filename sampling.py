@@ -155,19 +155,6 @@ def mask_to_grid(mask, grid):
     return (cells >= 0.5).flatten()
 
 
-def extension_region(direction, grid):
-    """Where the known half goes and which half is new, for extending one side.
-
-    The picture is shifted by half its size away from `direction`; the freed half
-    (grid*grid,) bool, True = to generate) is filled in by the model.
-    """
-    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-    half = grid // 2
-    new = {"right": cols >= grid - half, "left": cols < half,
-           "down": rows >= grid - half, "up": rows < half}[direction]
-    return new.flatten()
-
-
 def shift_codes(codes, direction, grid):
     """Move a (B, grid*grid) code map by half the grid away from `direction`; -1 fills."""
     half = grid // 2
