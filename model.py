@@ -13,7 +13,8 @@ The only thing that tells the two apart inside the network is the attention mask
 (attention.py). This file holds, top to bottom:
 
 1. `ShowoConfig`, the sizes and the token layout (SHOWO_FACTS §1, §4), with presets;
-2. the network: rotary embedding, QK-Norm attention, MLP, parallel Phi block, `Showo`;
+2. the network: rotary embedding, QK-Norm attention, MLP, parallel Phi block, `Showo`,
+   with an optional key/value cache for fast inference (`forward_with_cache`, §3.4);
 3. the two losses, `ntp_loss` and `mtp_loss` (§3.3, Eq. 1 and 2);
 4. loading the released weights: a visible key-name table, readers for .bin and
    .safetensors, and `python model.py convert ...` which writes the single-file
@@ -172,14 +173,24 @@ class QKNormAttention(nn.Module):
         batch, length, _ = x.shape
         return x.view(batch, length, self.cfg.num_heads, self.cfg.head_dim).transpose(1, 2)
 
-    def forward(self, x, allowed, cos, sin):
+    def forward(self, x, allowed, cos, sin, past=None):
+        """x (B, L, D) -> (output (B, L, D), (k, v) of past + these L tokens).
+
+        past: optional (k, v), each (B, H, P, hd), for P earlier tokens; then `allowed` is
+        (B, L, P + L): these rows of the full mask, over the earlier columns and their own.
+        """
         q = self.q_norm(self.split_heads(self.q(x)))                      # (B, H, L, hd)
         k = self.k_norm(self.split_heads(self.k(x)))                      # (B, H, L, hd)
         v = self.split_heads(self.v(x))                                   # (B, H, L, hd)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if past is not None:
+            # Earlier tokens' keys/values, already normed and rotated at their own positions:
+            # reused as they are, because no earlier row may look at these new tokens.
+            k = torch.cat([past[0], k], dim=2)                            # (B, H, P + L, hd)
+            v = torch.cat([past[1], v], dim=2)                            # (B, H, P + L, hd)
         y = (attend_explicit if self.explicit else attend)(q, k, v, allowed)
         y = y.transpose(1, 2).reshape(x.shape)                            # (B, L, D)
-        return self.out(y)
+        return self.out(y), (k, v)
 
 
 class MLP(nn.Module):
@@ -209,9 +220,11 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, allowed, cos, sin):
+    def forward(self, x, allowed, cos, sin, past=None):
+        """x (B, L, D) -> (x', (k, v)); `past` and the (k, v) are as in QKNormAttention."""
         h = self.norm(x)
-        return x + self.dropout(self.attn(h, allowed, cos, sin)) + self.dropout(self.mlp(h))
+        attended, keys_values = self.attn(h, allowed, cos, sin, past)
+        return x + self.dropout(attended) + self.dropout(self.mlp(h)), keys_values
 
 
 class Showo(nn.Module):
@@ -247,11 +260,38 @@ class Showo(nn.Module):
         batch, length = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(length, device=input_ids.device).expand(batch, length)
+        hidden, _ = self.forward_with_cache(input_ids, allowed, position_ids)
+        return self.lm_head(hidden).float()                               # (B, L, V)
+
+    def forward_with_cache(self, input_ids, allowed, position_ids, past=None):
+        """Run new tokens against the cached keys/values of earlier ones (fast inference, §3.4).
+
+        input_ids (B, L) and position_ids (B, L) of the L new tokens; past: None, or one
+        (k, v) per layer, each (B, H, P, hd), for P earlier tokens; allowed (B, L, P + L):
+        the new tokens' rows of the full attention mask. Returns (hidden (B, L, D) after the
+        final LayerNorm, present): present is past plus the new tokens, one (k, v) per
+        layer, each (B, H, P + L, hd). Feeding the tokens in pieces gives what one pass
+        over all of them gives, as long as no earlier row may look at a later piece.
+        """
         cos, sin = rotary_cos_sin(position_ids, self.cfg.rotary_dim, self.cfg.rope_theta)
         x = self.embed(input_ids)                                         # (B, L, D)
-        for block in self.blocks:
-            x = block(x, allowed, cos, sin)
-        return self.lm_head(self.norm_f(x)).float()                       # (B, L, V)
+        present = []
+        for i, block in enumerate(self.blocks):
+            x, keys_values = block(x, allowed, cos, sin, None if past is None else past[i])
+            present.append(keys_values)
+        return self.norm_f(x), present
+
+    def logits(self, hidden, vocab=slice(None)):
+        """lm_head on chosen hidden states and vocabulary ids only -> float32 logits.
+
+        The full head is a (V, D) matrix; asking only for the K image codes at the N image
+        positions skips the work for logits that would be thrown away.
+        """
+        return F.linear(hidden, self.lm_head.weight[vocab], self.lm_head.bias[vocab]).float()
+
+    def next_token_logits(self, ids):
+        """(B, L) understanding sequences -> (B, V) logits of token L, recomputing everything."""
+        return self(ids, mmu_attention_mask(ids, self.cfg.pad_id, self.cfg.eoi_id))[:, -1]
 
     @torch.no_grad()
     def generate_text(self, input_ids, max_new_tokens, temperature=0.0, top_k=None,
@@ -259,26 +299,37 @@ class Showo(nn.Module):
         """Continue understanding sequences token by token (Show-o §3.4, MMU inference).
 
         The simple way: recompute the whole sequence under the MMU mask for every new
-        token. Greedy (argmax) when temperature is 0. Returns (B, T) new ids, T <=
-        max_new_tokens; with stop_at_eos, a finished row is filled with EOS and generation
-        ends once every row has produced EOS. text_only forbids image and special ids (the
-        reference picks from the whole vocabulary; a small model may stray outside text).
+        token (sampling.py's CachedPrefixMMU is the fast way). Arguments and result are
+        those of `decode_text`.
         """
-        ids = input_ids
-        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-        for _ in range(max_new_tokens):
-            allowed = mmu_attention_mask(ids, self.cfg.pad_id, self.cfg.eoi_id)
-            logits = self(ids, allowed)[:, -1]                            # (B, V)
-            if text_only:
-                logits[:, self.cfg.llm_vocab_size:] = float("-inf")
-            next_id = pick_token(logits, temperature, top_k, generator)   # (B,)
-            if stop_at_eos:
-                next_id = next_id.masked_fill(done, self.cfg.eos_token_id)
-                done |= next_id == self.cfg.eos_token_id
-            ids = torch.cat([ids, next_id[:, None]], dim=1)
-            if done.all():
-                break
-        return ids[:, input_ids.shape[1]:]
+        return decode_text(self.next_token_logits, input_ids, max_new_tokens, self.cfg,
+                           temperature, top_k, generator, stop_at_eos, text_only)
+
+
+def decode_text(next_logits, input_ids, max_new_tokens, cfg, temperature=0.0, top_k=None,
+                generator=None, stop_at_eos=True, text_only=False):
+    """The answer loop, whichever way the logits are computed.
+
+    next_logits: (B, L) ids so far -> (B, V) logits of the next token. Greedy (argmax) when
+    temperature is 0. Returns (B, T) new ids, T <= max_new_tokens; with stop_at_eos, a
+    finished row is filled with EOS and generation ends once every row has produced EOS.
+    text_only forbids image and special ids (the reference picks from the whole
+    vocabulary; a small model may stray outside text).
+    """
+    ids = input_ids
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    for _ in range(max_new_tokens):
+        logits = next_logits(ids)                                         # (B, V)
+        if text_only:
+            logits[:, cfg.llm_vocab_size:] = float("-inf")
+        next_id = pick_token(logits, temperature, top_k, generator)       # (B,)
+        if stop_at_eos:
+            next_id = next_id.masked_fill(done, cfg.eos_token_id)
+            done |= next_id == cfg.eos_token_id
+        ids = torch.cat([ids, next_id[:, None]], dim=1)
+        if done.all():
+            break
+    return ids[:, input_ids.shape[1]:]
 
 
 def pick_token(logits, temperature=0.0, top_k=None, generator=None):

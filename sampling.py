@@ -11,6 +11,13 @@ Show-o §3.4 ("Inference"). One network, two decoding procedures:
 * answers (captioning / VQA) are generated one token at a time, like any language model,
   under the understanding attention mask.
 
+Each procedure comes two ways, with the same results: the simple one recomputes the whole
+sequence at every step (FullRecomputeT2I, Showo.generate_text; `--naive`), the fast one
+never computes the same thing twice (CachedPromptT2I, CachedPrefixMMU). Omni-attention is
+what makes the fast one exact: caption rows never look at the image, so the caption's
+keys/values are the same at every MaskGIT step; answer rows never look at later tokens, so
+each token's keys/values are computed once. bench.py measures the difference.
+
 Command line (one CLI for every task):
 
     python sampling.py --ckpt out/tiny.pt --prompt "a red circle in the center" --out red.png
@@ -18,6 +25,7 @@ Command line (one CLI for every task):
     python sampling.py --ckpt out/tiny.pt --image a.png --mask m.png --prompt "..." --out b.png
     python sampling.py --ckpt out/tiny.pt --image a.png --extend right --prompt "..." --out c.png
     python sampling.py --ckpt out/tiny.pt --image a.png --question "what shape is in the center?"
+    python sampling.py ... --naive      (any of the above through the simple recomputing path)
 
 Read first: model.py and tokenizer.py. Read next: train.py (where the model comes from).
 """
@@ -25,6 +33,7 @@ Read first: model.py and tokenizer.py. Read next: train.py (where the model come
 import argparse
 import math
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +42,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from attention import mmu_attention_mask, t2i_attention_mask
-from model import CheckpointError, load_checkpoint, pick_token
+from model import CheckpointError, decode_text, load_checkpoint
 from data import image_to_tensor, resize_and_crop, tensor_to_image
 from tokenizer import mmu_sequences, t2i_sequences
 
@@ -111,25 +120,78 @@ class FullRecomputeT2I:
     def device(self):
         return next(self.model.parameters()).device
 
-    def __call__(self, tokens):
-        """(B, N) image tokens -> (B, N, K) guided logits over image codes."""
-        n, off = self.cfg.num_vq_tokens, self.cfg.image_offset
-        repeat = self.ids.shape[0] // tokens.shape[0]
-        self.ids[:, -(n + 1):-1] = tokens.repeat(repeat, 1)
-        logits = self.model(self.ids, self.allowed)[:, -(n + 1):-1, off:off + self.cfg.codebook_size]
+    def put_image(self, tokens):
+        """Write (B, N) image tokens into every row's image slots (cond and uncond alike)."""
+        n = self.cfg.num_vq_tokens
+        self.ids[:, -(n + 1):-1] = tokens.repeat(self.ids.shape[0] // tokens.shape[0], 1)
+
+    def guided(self, logits):
+        """(rows, N, K) logits, conditional rows first -> (B, N, K) guided logits."""
         if not self.guidance:
             return logits
         cond, uncond = logits.chunk(2)
         return guide(cond, uncond, self.guidance)
 
+    def __call__(self, tokens):
+        """(B, N) image tokens -> (B, N, K) guided logits over image codes."""
+        n, off = self.cfg.num_vq_tokens, self.cfg.image_offset
+        self.put_image(tokens)
+        logits = self.model(self.ids, self.allowed)[:, -(n + 1):-1, off:off + self.cfg.codebook_size]
+        return self.guided(logits)
+
+
+class CachedPromptT2I(FullRecomputeT2I):
+    """The same logits, with the prompt's keys/values computed once for all steps.
+
+    Under the t2i mask, text rows never look at the image span, so every layer's keys and
+    values of the prompt are the same at every step: compute them once (cond and uncond
+    prompts in one batch), then each step runs only <|soi|> img_1 ... img_N <|eoi|> against
+    them. <|soi|> and <|eoi|> are re-run because they sit inside the bidirectional image
+    span, so their states change with the image. Each step also applies lm_head to the N
+    image positions and the K image codes only, instead of to every position and id.
+
+    Padding: each prompt is left-padded to max_text_len + 1 slots, mostly [PAD]s (the
+    uncond prompt is 3 real tokens). The [PAD] columns that every row has are dropped:
+    no real row may look at a pad, so those columns never change a result, and each kept
+    token keeps its position id, so RoPE sees exactly the numbers of the full sequence.
+    The cache is then as wide as the longest real prompt; shorter rows keep a few masked
+    pads. (Packing all prompts into one row would remove those too, but then every image
+    row would scan every prompt's keys at every step: more work where the time goes.)
+    """
+
+    def __init__(self, model, captions_ids, guidance):
+        super().__init__(model, captions_ids, guidance)
+        rows, width = self.ids.shape
+        first_real = int((self.ids != self.cfg.pad_id).long().argmax(dim=1).min())
+        self.ids = self.ids[:, first_real:]                              # (rows, P + N + 2)
+        self.allowed = self.allowed[:, first_real:, first_real:]
+        self.positions = torch.arange(first_real, width, device=self.device).expand(rows, -1)
+        self.prompt_len = self.ids.shape[1] - (self.cfg.num_vq_tokens + 2)   # P
+        p = self.prompt_len
+        # The cache is exact only because no prompt row looks at an image column.
+        assert not self.allowed[:, :p, p:].any(), "text rows must not see the image span"
+        _, self.prompt_kv = model.forward_with_cache(self.ids[:, :p], self.allowed[:, :p, :p],
+                                                     self.positions[:, :p])   # per layer (rows, H, P, hd)
+
+    def __call__(self, tokens):
+        """(B, N) image tokens -> (B, N, K) guided logits over image codes."""
+        p, off = self.prompt_len, self.cfg.image_offset
+        self.put_image(tokens)
+        hidden, _ = self.model.forward_with_cache(self.ids[:, p:], self.allowed[:, p:],
+                                                  self.positions[:, p:], self.prompt_kv)  # (rows, N + 2, D)
+        logits = self.model.logits(hidden[:, 1:-1], slice(off, off + self.cfg.codebook_size))
+        return self.guided(logits)
+
 
 @torch.no_grad()
 def generate_image_codes(model, captions_ids, steps=DEFAULT_STEPS, guidance=DEFAULT_GUIDANCE,
-                         temperature=1.0, generator=None, known_codes=None, progress=False):
+                         temperature=1.0, generator=None, known_codes=None, progress=False,
+                         naive=False):
     """Text-to-image (and inpainting when known_codes is given) -> (B, N) image codes.
 
     captions_ids: list of B token-id lists. known_codes: optional (B, N) long tensor with
-    the code to keep at each position and -1 where the model should fill in.
+    the code to keep at each position and -1 where the model should fill in. naive: use
+    FullRecomputeT2I instead of CachedPromptT2I (same codes, slower).
     """
     cfg = model.cfg
     device = next(model.parameters()).device
@@ -138,7 +200,7 @@ def generate_image_codes(model, captions_ids, steps=DEFAULT_STEPS, guidance=DEFA
     if known_codes is not None:
         known_codes = known_codes.to(device)
         tokens = torch.where(known_codes >= 0, known_codes + cfg.image_offset, tokens)
-    image_logits = FullRecomputeT2I(model, captions_ids, guidance)
+    image_logits = (FullRecomputeT2I if naive else CachedPromptT2I)(model, captions_ids, guidance)
     codes = tokens - cfg.image_offset
     for step in tqdm(range(steps), desc="generating", disable=not progress, leave=False):
         codes, tokens = maskgit_step(tokens, image_logits(tokens), step, steps, cfg, temperature, generator)
@@ -200,15 +262,58 @@ def left_pad(rows, pad_id):
     return torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
 
 
+class CachedPrefixMMU:
+    """Next-token logits for understanding sequences, each token run through the network once.
+
+    A drop-in for Showo.next_token_logits: called with the (B, L) ids so far, it returns
+    the (B, V) logits of token L. Under the MMU mask no row looks at a later token (the
+    bidirectional image prefix only looks at itself), so the keys/values of tokens already
+    seen never change: the first call runs the whole prompt (image prefix + question) and
+    keeps every layer's keys/values; each later call runs only the newly appended token.
+
+    Ragged questions: the batch is left-padded (see `left_pad`), so every row's new token
+    lands in the same column and the cache stays one rectangle that grows by one column per
+    token. Each new token keeps the position id and mask row it has in the full sequence.
+    """
+
+    def __init__(self, model):
+        self.model, self.cfg = model, model.cfg
+        self.past = None          # one (k, v) per layer, each (B, H, length, hd)
+        self.length = 0           # how many tokens the cache holds
+
+    def __call__(self, ids):
+        seen, total = self.length, ids.shape[1]
+        # The new rows of the same mask the full recompute uses. Building all (B, L, L) of it
+        # costs far less than one layer, and keeps the rule in one place (attention.py).
+        allowed = mmu_attention_mask(ids, self.cfg.pad_id, self.cfg.eoi_id)[:, seen:]  # (B, new, L)
+        positions = torch.arange(seen, total, device=ids.device).expand(ids.shape[0], -1)
+        hidden, self.past = self.model.forward_with_cache(ids[:, seen:], allowed, positions, self.past)
+        self.length = total
+        return self.model.logits(hidden[:, -1])                           # (B, V)
+
+
+@torch.no_grad()
+def generate_text_cached(model, input_ids, max_new_tokens, temperature=0.0, top_k=None,
+                         generator=None, stop_at_eos=True, text_only=False):
+    """Showo.generate_text with a KV cache: the same tokens, one token's work per step."""
+    return decode_text(CachedPrefixMMU(model), input_ids, max_new_tokens, model.cfg,
+                       temperature, top_k, generator, stop_at_eos, text_only)
+
+
 @torch.no_grad()
 def answer_questions(model, image_codes, questions_ids, max_new_tokens=32, temperature=0.0,
-                     top_k=None, generator=None):
-    """(B, N) image codes + B question id lists -> B answer id lists (EOS removed)."""
+                     top_k=None, generator=None, naive=False):
+    """(B, N) image codes + B question id lists -> B answer id lists (EOS removed).
+
+    naive: recompute the whole sequence for every token (Showo.generate_text) instead of
+    using the KV cache (same answers, slower).
+    """
     cfg = model.cfg
     padded, lengths = mmu_sequences(image_codes + cfg.image_offset, questions_ids, cfg)
     rows = [row[:n] for row, n in zip(padded.tolist(), lengths)]
     ids = left_pad(rows, cfg.pad_id).to(image_codes.device)
-    new = model.generate_text(ids, max_new_tokens, temperature, top_k, generator, text_only=True)
+    generate = model.generate_text if naive else partial(generate_text_cached, model)
+    new = generate(ids, max_new_tokens, temperature, top_k, generator, text_only=True)
     answers = []
     for row in new.tolist():
         answers.append(row[:row.index(cfg.eos_token_id)] if cfg.eos_token_id in row else row)
@@ -283,7 +388,7 @@ def run(args):
     def paint(prompts, known=None, progress=True):
         captions = [encode_prompt(text_tokenizer, cfg, p) for p in prompts]
         codes = generate_image_codes(model, captions, steps, guidance, args.temperature, generator,
-                                     known, progress)
+                                     known, progress, naive=args.naive)
         return tensor_to_image(vq.decode(codes))
 
     if args.question:
@@ -292,7 +397,7 @@ def run(args):
         question = encode_prompt(text_tokenizer, cfg, args.question)
         [answer] = answer_questions(model, encode_image(args.image), [question], args.max_new_tokens,
                                     args.temperature if args.top_k or args.sample else 0.0,
-                                    args.top_k, generator)
+                                    args.top_k, generator, naive=args.naive)
         print(text_tokenizer.decode(answer))
         return
 
@@ -350,6 +455,8 @@ def main(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--naive", action="store_true",
+                   help="recompute the whole sequence at every step (the simple, slow path; same results)")
     args = p.parse_args(argv)
     try:
         run(args)

@@ -1,0 +1,183 @@
+"""Fast inference (Show-o §3.4): the cached paths give the naive paths' numbers.
+
+CachedPromptT2I must return FullRecomputeT2I's guided logits, and CachedPrefixMMU the
+logits of Showo.next_token_logits, within 1e-4 in float32, so that the same seed gives
+the same tokens both ways. Read first: sampling.py, then model.py (forward_with_cache).
+"""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sampling
+from attention import lm_attention_mask
+from sampling import (CachedPrefixMMU, CachedPromptT2I, FullRecomputeT2I, generate_image_codes,
+                      generate_text_cached, left_pad)
+from tokenizer import mmu_sequences
+
+TOLERANCE = 1e-4
+CAPTIONS = ["a red circle in the center", "a blue square"]     # ragged, both shorter than the slots
+QUESTIONS = ["what?", "what is it?", "how many shapes are there?"]   # ragged
+
+
+@pytest.fixture(params=["sdpa", "explicit"])
+def attention(request, micro):
+    """Run a test with the fused kernel and with the written-out softmax (both take (B, Lq, Lk) masks)."""
+    model = micro[0]
+    model.use_explicit_attention(request.param == "explicit")
+    yield request.param
+    model.use_explicit_attention(False)
+
+
+def image_tokens(cfg, batch, seed, known_fraction):
+    """(B, N) image tokens: random known codes, the rest [MASK] (inpainting when known_fraction > 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    codes = torch.randint(cfg.codebook_size, (batch, cfg.num_vq_tokens), generator=gen) + cfg.image_offset
+    known = torch.rand(batch, cfg.num_vq_tokens, generator=gen) < known_fraction
+    return torch.where(known, codes, cfg.mask_token_id)
+
+
+def question_batch(model, text_tokenizer):
+    """Left-padded understanding prompts for ragged QUESTIONS about random images."""
+    cfg = model.cfg
+    codes = torch.randint(cfg.codebook_size, (len(QUESTIONS), cfg.num_vq_tokens),
+                          generator=torch.Generator().manual_seed(5))
+    questions = [text_tokenizer.encode(q) for q in QUESTIONS]
+    padded, lengths = mmu_sequences(codes + cfg.image_offset, questions, cfg)
+    assert len(set(lengths)) == len(QUESTIONS), "the questions must have different lengths"
+    return left_pad([row[:n] for row, n in zip(padded.tolist(), lengths)], cfg.pad_id)
+
+
+# ---- the cache itself ------------------------------------------------------------------
+
+def test_feeding_tokens_in_pieces_equals_one_pass(micro):
+    model = micro[0]
+    ids = torch.randint(model.cfg.llm_vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    allowed = lm_attention_mask(ids, model.cfg.pad_id)
+    positions = torch.arange(12).expand(2, 12)
+    with torch.no_grad():
+        whole = model(ids, allowed)
+        first, past = model.forward_with_cache(ids[:, :7], allowed[:, :7, :7], positions[:, :7])
+        second, present = model.forward_with_cache(ids[:, 7:], allowed[:, 7:], positions[:, 7:], past)
+    pieces = model.logits(torch.cat([first, second], dim=1))
+    assert (pieces - whole).abs().max().item() <= TOLERANCE
+    assert [k.shape[2] for k, v in present] == [12] * model.cfg.num_layers
+
+
+# ---- text-to-image ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("guidance", [0.0, 1.75], ids=["no-guidance", "guidance"])
+@pytest.mark.parametrize("known_fraction", [0.0, 0.4], ids=["t2i", "inpainting"])
+def test_t2i_cached_logits_match_full_recompute(micro, attention, guidance, known_fraction):
+    model, _, text_tokenizer, _ = micro
+    cfg = model.cfg
+    captions = [text_tokenizer.encode(c) for c in CAPTIONS]
+    with torch.no_grad():
+        naive = FullRecomputeT2I(model, captions, guidance)
+        fast = CachedPromptT2I(model, captions, guidance)
+        # Several calls: the same prompt cache must serve every step.
+        for seed in range(3):
+            tokens = image_tokens(cfg, len(captions), seed, known_fraction + 0.2 * seed)
+            expected, got = naive(tokens), fast(tokens)
+            assert got.shape == (len(captions), cfg.num_vq_tokens, cfg.codebook_size)
+            worst = (got - expected).abs().max().item()
+            assert worst <= TOLERANCE, f"call {seed}: max abs difference {worst:.2e}"
+
+
+def test_t2i_prompt_cache_drops_common_padding_and_never_grows(micro):
+    model, _, text_tokenizer, _ = micro
+    cfg = model.cfg
+    captions = [text_tokenizer.encode(c) for c in CAPTIONS]
+    longest = max(len(c) for c in captions) + 3       # <|t2i|> BOS caption EOS
+    assert longest < cfg.max_text_len + 1, "the test needs padding to drop"
+    with torch.no_grad():
+        fast = CachedPromptT2I(model, captions, guidance=1.75)
+        fast(image_tokens(cfg, 2, 0, 0.0))
+        fast(image_tokens(cfg, 2, 1, 0.5))
+    for k, v in fast.prompt_kv:
+        assert k.shape == v.shape == (4, cfg.num_heads, longest, cfg.head_dim)
+
+
+@pytest.mark.parametrize("known_fraction", [0.0, 0.4], ids=["t2i", "inpainting"])
+def test_t2i_same_seed_same_codes_both_ways(micro, known_fraction):
+    model, _, text_tokenizer, _ = micro
+    cfg = model.cfg
+    captions = [text_tokenizer.encode(c) for c in CAPTIONS]
+    known = image_tokens(cfg, 2, 7, known_fraction) - cfg.image_offset
+    known[known == cfg.codebook_size] = -1             # [MASK] -> "fill this in"
+    results = [generate_image_codes(model, captions, steps=6, guidance=1.75, known_codes=known,
+                                    generator=torch.Generator().manual_seed(11), naive=naive)
+               for naive in (True, False)]
+    assert torch.equal(results[0], results[1])
+    assert torch.equal(results[0][known >= 0], known[known >= 0])
+
+
+# ---- understanding ---------------------------------------------------------------------
+
+def test_mmu_cached_logits_and_greedy_tokens_match_naive(micro, attention):
+    model, _, text_tokenizer, _ = micro
+    ids = question_batch(model, text_tokenizer)
+    steps = 6
+    naive = model.generate_text(ids, steps, stop_at_eos=False, text_only=True)
+    fast = generate_text_cached(model, ids, steps, stop_at_eos=False, text_only=True)
+    assert torch.equal(fast, naive)
+    # Logits along that answer, each step fed only the token the cache has not seen.
+    answered = torch.cat([ids, naive], dim=1)
+    cached = CachedPrefixMMU(model)
+    with torch.no_grad():
+        for end in range(ids.shape[1], answered.shape[1] + 1):
+            expected = model.next_token_logits(answered[:, :end])
+            worst = (cached(answered[:, :end]) - expected).abs().max().item()
+            assert worst <= TOLERANCE, f"length {end}: max abs difference {worst:.2e}"
+
+
+def test_kv_cache_grows_by_one_position_per_generated_token(micro):
+    model, _, text_tokenizer, _ = micro
+    cfg = model.cfg
+    ids = question_batch(model, text_tokenizer)
+    prompt = ids.shape[1]
+    cached = CachedPrefixMMU(model)
+    expected_shape = (len(QUESTIONS), cfg.num_heads, prompt, cfg.head_dim)
+    with torch.no_grad():
+        for step in range(5):
+            next_id = cached(ids).argmax(dim=-1)
+            assert cached.length == prompt + step
+            for k, v in cached.past:
+                assert k.shape == v.shape == expected_shape[:2] + (prompt + step,) + expected_shape[3:]
+            if step:
+                # Tokens already cached keep their keys/values: only one column is new.
+                assert all(torch.equal(k[:, :, :-1], old_k) for (k, _), old_k in zip(cached.past, before))
+            before = [k for k, _ in cached.past]
+            ids = torch.cat([ids, next_id[:, None]], dim=1)
+
+
+def test_answer_questions_fast_equals_naive(micro):
+    model, _, text_tokenizer, _ = micro
+    cfg = model.cfg
+    codes = torch.randint(cfg.codebook_size, (3, cfg.num_vq_tokens), generator=torch.Generator().manual_seed(6))
+    questions = [text_tokenizer.encode(q) for q in QUESTIONS]
+    naive = sampling.answer_questions(model, codes, questions, max_new_tokens=6, naive=True)
+    fast = sampling.answer_questions(model, codes, questions, max_new_tokens=6)
+    assert fast == naive
+    assert sum(len(a) for a in naive) > 0
+
+
+# ---- the command line ------------------------------------------------------------------
+
+def test_cli_naive_flag_gives_the_same_picture_and_answer(micro, tmp_path, capsys):
+    path = micro[3]
+    pictures = []
+    for flag in ([], ["--naive"]):
+        out = tmp_path / f"t2i{len(flag)}.png"
+        sampling.main(["--ckpt", str(path), "--prompt", CAPTIONS[0], "--steps", "3", "--out", str(out), *flag])
+        pictures.append(np.asarray(Image.open(out)))
+    assert np.array_equal(pictures[0], pictures[1])
+    Image.fromarray(pictures[0]).save(tmp_path / "in.png")
+    answers = []
+    for flag in ([], ["--naive"]):
+        capsys.readouterr()
+        sampling.main(["--ckpt", str(path), "--image", str(tmp_path / "in.png"), "--question", QUESTIONS[1],
+                       "--max-new-tokens", "4", *flag])
+        answers.append(capsys.readouterr().out)
+    assert answers[0] == answers[1]
