@@ -252,16 +252,21 @@ class Showo(nn.Module):
         for block in self.blocks:
             block.attn.explicit = explicit
 
-    def forward(self, input_ids, allowed, position_ids=None):
+    def forward(self, input_ids, allowed, position_ids=None, keep=None):
         """input_ids (B, L) long, allowed (B, L, L) bool -> logits (B, L, V) float32.
 
         Position ids default to 0 ... L-1 over the padded sequence (as in the reference).
+        keep: optional (B, L) bool; then only those positions go through lm_head and the
+        result is (K, V) for the K kept positions. Training uses it to skip the logits no
+        loss looks at (with a vocabulary of 8k+ ids, the head is a large share of the work).
         """
         batch, length = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(length, device=input_ids.device).expand(batch, length)
         hidden, _ = self.forward_with_cache(input_ids, allowed, position_ids)
-        return self.lm_head(hidden).float()                               # (B, L, V)
+        if keep is not None:
+            hidden = hidden[keep]                                         # (K, D)
+        return self.lm_head(hidden).float()                               # (B, L, V) or (K, V)
 
     def forward_with_cache(self, input_ids, allowed, position_ids, past=None):
         """Run new tokens against the cached keys/values of earlier ones (fast inference, §3.4).

@@ -12,10 +12,9 @@ import pytest
 import torch
 
 import data
-from model import IGNORE, Showo, load_checkpoint
-from tokenizer import ImageTokenizer
-from train import (PRESETS, Distributed, MixedBatches, image_tokenizer_config, learning_rate,
-                   model_config, train_transformer)
+from model import IGNORE, Showo, load_checkpoint, mtp_loss, ntp_loss
+from train import (PRESETS, Distributed, MixedBatches, learning_rate, mixed_loss, model_config,
+                   train_transformer)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,6 +45,20 @@ def test_mixed_batch_layout_and_labels(micro):
     text_labels = labels[n_t2i:]
     assert (text_labels[text_labels != IGNORE] < cfg.llm_vocab_size + 10).all()
     assert allowed.diagonal(dim1=1, dim2=2).all()
+
+
+def test_mixed_loss_equals_the_per_task_losses(micro):
+    cfg, batches = micro_batches(micro)
+    model = Showo(cfg)
+    batch = batches.next()
+    ids, labels, allowed, (n_t2i, n_lm, _) = batch
+    _, parts = mixed_loss(model, batch, PRESETS["micro"], "cpu")
+    with torch.no_grad():
+        logits = model(ids, allowed)
+    assert parts["t2i"] == pytest.approx(mtp_loss(logits[:n_t2i], labels[:n_t2i]).item(), rel=1e-5)
+    lm = slice(n_t2i, n_t2i + n_lm)
+    assert parts["lm"] == pytest.approx(ntp_loss(logits[lm], labels[lm]).item(), rel=1e-5)
+    assert parts["mmu"] == pytest.approx(ntp_loss(logits[n_t2i + n_lm:], labels[n_t2i + n_lm:]).item(), rel=1e-5)
 
 
 def test_learning_rate_warms_up_then_decays():
