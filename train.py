@@ -53,7 +53,7 @@ class TrainConfig:
     seed: int = 0
     # data
     train_scenes: int = 20000
-    eval_prompts: int = 100          # held-out prompts per t2i score (single, two objects)
+    eval_prompts: int = 80           # held-out prompts per t2i score (single, two objects)
     eval_scenes: int = 100           # held-out pictures for VQA and captioning
     # text tokenizer
     bpe_vocab_size: int = 512
@@ -62,21 +62,21 @@ class TrainConfig:
     vq_ch: int = 16
     vq_ch_mult: tuple = (1, 2, 4)
     vq_groups: int = 8
-    vq_steps: int = 800
+    vq_steps: int = 700
     vq_batch: int = 64
     vq_lr: float = 3e-3
-    # transformer
-    hidden_size: int = 256
+    # transformer (about 5M parameters; t2i gets the largest share of each batch)
+    hidden_size: int = 192
     num_layers: int = 4
     num_heads: int = 4
     max_text_len: int = 20
-    steps: int = 3000
-    batch_t2i: int = 32
-    batch_mmu: int = 32
-    batch_lm: int = 16
-    lr: float = 1e-3
+    steps: int = 400
+    batch_t2i: int = 40
+    batch_mmu: int = 24
+    batch_lm: int = 8
+    lr: float = 2e-3
     min_lr: float = 1e-4
-    warmup: int = 100
+    warmup: int = 50
     weight_decay: float = 0.01
     caption_dropout: float = 0.1
     loss_t2i: float = 1.0
