@@ -398,7 +398,7 @@ def run(args):
         [answer] = answer_questions(model, encode_image(args.image), [question], args.max_new_tokens,
                                     args.temperature if args.top_k or args.sample else 0.0,
                                     args.top_k, generator, naive=args.naive)
-        print(text_tokenizer.decode(answer))
+        print(text_tokenizer.decode(answer).strip())
         return
 
     prompts = list(args.prompt or [])

@@ -74,15 +74,19 @@ class TrainConfig:
     batch_t2i: int = 40
     batch_mmu: int = 24
     batch_lm: int = 8
+    # The reference fine-tunes a pretrained 1.3B model at 1e-4; a 5M model trained from
+    # nothing for a few hundred steps needs a larger step (QK-Norm keeps it stable).
     lr: float = 2e-3
     min_lr: float = 1e-4
     warmup: int = 50
     weight_decay: float = 0.01
     caption_dropout: float = 0.1
+    # The loss weights of SHOWO_FACTS §6: plain text matters least here.
     loss_t2i: float = 1.0
     loss_lm: float = 0.1
     loss_mmu: float = 1.0
-    # sampling used for the samples and the scores
+    # sampling used for the samples and the scores (the reference training config's
+    # preview settings); stored in the checkpoint as sampling.py's defaults
     sample_steps: int = 12
     guidance: float = 1.5
 
@@ -112,7 +116,12 @@ def pick_device(name):
 
 
 class Distributed:
-    """Rank/world size under torchrun (RANK, WORLD_SIZE in the environment), else 1 process."""
+    """Rank/world size under torchrun (RANK, WORLD_SIZE in the environment), else 1 process.
+
+    Every process builds the same tokenizers and model (same seed), draws its own batches
+    (seed + 1000 * rank) and DDP averages the gradients, so the weights stay identical.
+    gloo runs on CPUs, nccl between GPUs.
+    """
 
     def __init__(self, device):
         self.enabled = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -235,6 +244,10 @@ class MixedBatches:
     """Builds one padded batch holding the three kinds of sequence, with masks and labels.
 
     All pictures are tokenized once up front; a batch is then only index bookkeeping.
+    Why one batch and not three: Show-o trains its objectives jointly, so one forward pass
+    over all three kinds lets one backward pass carry every gradient (and keeps
+    DistributedDataParallel to its one-forward-one-backward rhythm). What tells the kinds
+    apart is only each row's attention mask and where its labels sit.
     """
 
     def __init__(self, cfg, tc, codes, captions_ids, qa_ids, lm_ids, seed):
@@ -246,13 +259,18 @@ class MixedBatches:
     def t2i(self, picks):
         """Caption + partly masked picture. Labels: the original token at masked places only."""
         cfg, n = self.cfg, self.cfg.num_vq_tokens
+        # Caption drop-out: an empty caption is the unconditional prompt, so the same
+        # network learns p(image) too, which classifier-free guidance needs at sampling.
         captions = [[] if self.rng.random() < self.tc.caption_dropout else self.captions[i] for i in picks]
         tokens = self.codes[picks] + cfg.image_offset                         # (B, N)
         # Mask ratio cos(t*pi/2), t ~ U(0, 1): the same schedule sampling walks through.
         t = torch.rand(len(picks), generator=self.gen)
         n_masked = (n * torch.cos(t * math.pi / 2)).round().clamp(min=1)       # (B,)
+        # A random permutation per row; its first n_masked positions get [MASK].
         masked = torch.rand(len(picks), n, generator=self.gen).argsort(1) < n_masked[:, None]
         ids = t2i_sequences(captions, tokens.masked_fill(masked, cfg.mask_token_id), cfg)
+        # The image span is the last N+1 ... last-1 positions (before <|eoi|>). Visible
+        # image tokens get no loss: copying an input teaches nothing (MaskGIT, Eq. 2).
         labels = torch.full_like(ids, IGNORE)
         labels[:, -(n + 1):-1] = tokens.masked_fill(~masked, IGNORE)
         return ids, labels, t2i_attention_mask(ids, cfg.pad_id, cfg.soi_id, cfg.eoi_id)
@@ -261,6 +279,8 @@ class MixedBatches:
         """Picture + question + answer. Labels: the text after <|eoi|> (question, answer, EOS)."""
         cfg = self.cfg
         texts = []
+        # One random question per picture per visit; "describe the image." (captioning)
+        # is one of them, so captioning and VQA share this objective.
         for i in picks:
             question, answer = self.rng.choice(self.qa[i])
             texts.append(question + answer + [cfg.eos_token_id])
@@ -285,6 +305,7 @@ class MixedBatches:
         return torch.cat(ids), torch.cat(labels), torch.cat(allowed), [p[0].shape[0] for p in parts]
 
     def sample(self, count):
+        """`count` random scene indices (with replacement)."""
         return torch.tensor([self.rng.randrange(len(self.codes)) for _ in range(count)])
 
 
@@ -345,6 +366,7 @@ def train_transformer(model, batches, tc, run, start_step=0, optimizer_state=Non
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if run.device.startswith("cuda")
                 else nullcontext())
     model.train()
+    # Resuming starts the bar (and the learning-rate schedule) where the checkpoint stopped.
     bar = tqdm(range(start_step, tc.steps), desc="transformer", disable=not run.main,
                initial=start_step, total=tc.steps)
     history = []
@@ -355,6 +377,8 @@ def train_transformer(model, batches, tc, run, start_step=0, optimizer_state=Non
             loss, parts = mixed_loss(trained, batches.next(), tc, run.device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        # Clipping guards the first steps, when the freshly initialised embeddings of
+        # thousands of image ids get large, noisy gradients.
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         history.append(parts)
@@ -397,7 +421,12 @@ def answer_accuracy(model, vq, text_tokenizer, examples, device, want_captions):
 
 
 def evaluate(model, vq, text_tokenizer, tc, device):
-    """Held-out scores (a seed no training scene used)."""
+    """Held-out scores (a seed no training scene used).
+
+    t2i: draw each prompt, decode, and let data.describe read the objects back; a picture
+    counts only when colour, shape and place of every object are right. Understanding:
+    greedy answers must equal the true answer string exactly.
+    """
     rng = random.Random(tc.seed + 7919)
     singles = [data.caption(data.random_scene(rng, 1)) for _ in range(tc.eval_prompts)]
     doubles = [data.caption(data.random_scene(rng, 2)) for _ in range(tc.eval_prompts)]
@@ -475,6 +504,7 @@ def main(argv=None):
     p.add_argument("--no-eval", action="store_true", help="skip the held-out scores")
     args = p.parse_args(argv)
 
+    # The preset is the recipe; --seed and --steps are the two knobs worth a flag.
     tc = PRESETS["tiny" if args.tiny else args.preset]
     tc = replace(tc, **{k: v for k, v in {"seed": args.seed, "steps": args.steps}.items() if v is not None})
     run = Distributed(pick_device(args.device))
@@ -496,14 +526,18 @@ def main(argv=None):
              f"vocabulary {cfg.vocab_size} = {cfg.llm_vocab_size} text + 10 special + "
              f"{cfg.codebook_size} image + [MASK], {cfg.num_vq_tokens} image tokens per picture")
 
+    # Stage 3 works on ids only: every picture is tokenized once, here, not per step.
     images, captions, qa, sentences = load_training_data(args, tc, vq.cfg.resolution)
     codes = encode_all(vq, data.image_to_tensor(images), run.device)
     encode = text_tokenizer.encode
+    # Answers are encoded with a leading space: GPT-2 style BPE spells " red" (the word
+    # after a question) differently from "red" at the start of a text.
     batches = MixedBatches(cfg, tc, codes, [encode(c) for c in captions],
                            [[(encode(q), encode(" " + a)) for q, a in pairs] for pairs in qa],
                            [encode(s) for s in sentences], seed=tc.seed + 1000 * run.rank)
     optimizer_state, history = train_transformer(model, batches, tc, run, start_step, optimizer_state)
 
+    # Only one process writes and scores; the others are done once training is.
     if run.main:
         path = args.out_dir / "tiny.pt"
         save_checkpoint(path, model, vq, text_tokenizer, extra={
