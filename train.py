@@ -24,6 +24,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -38,7 +39,7 @@ from tqdm import tqdm
 import data
 from attention import lm_attention_mask, mmu_attention_mask, t2i_attention_mask
 from model import IGNORE, SPECIAL_TOKENS, CheckpointError, Showo, ShowoConfig, load_checkpoint, save_checkpoint
-from sampling import answer_questions, generate_image_codes, image_grid
+from sampling import UsageError, answer_questions, generate_image_codes, image_grid, pick_device
 from tokenizer import (ImageTokenizer, ImageTokenizerConfig, TextTokenizer, lm_sequences,
                        mmu_sequences, t2i_sequences)
 
@@ -105,15 +106,6 @@ PRESETS = {
 # ----------------------------------------------------------------------------------------
 # Devices and processes
 # ----------------------------------------------------------------------------------------
-
-def pick_device(name):
-    """'auto' -> cuda when present; 'cuda' without CUDA is an error, not a silent fallback."""
-    if name == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda asked for, but no CUDA GPU is visible: use --device cpu")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
 
 class Distributed:
     """Rank/world size under torchrun (RANK, WORLD_SIZE in the environment), else 1 process.
@@ -466,28 +458,30 @@ def load_training_data(args, tc, resolution):
     return images, [e.caption for e in examples], [e.qa for e in examples], data.text_corpus(tc.train_scenes, tc.seed)
 
 
-def build_tokenizers(args, tc, run):
-    """Stages 1-2, or the tokenizers of the checkpoint we resume / fine-tune from."""
+def load_starting_point(args, run):
+    """(model, vq, text_tokenizer, extra) of the checkpoint to resume / fine-tune, or Nones."""
     source = args.init or (args.out_dir / "tiny.pt" if args.resume else None)
-    if source:
-        try:
-            model, vq, text_tokenizer, extra = load_checkpoint(source, run.device)
-        except CheckpointError as error:
-            sys.exit(f"error: {error}")
-        return model, vq, text_tokenizer, extra
-    corpus = data.text_corpus(tc.train_scenes, tc.seed)
-    text_tokenizer = TextTokenizer.train(corpus, tc.bpe_vocab_size, verbose=run.main)
-    sample = corpus[:2000]
+    if not source:
+        return None, None, None, {}
+    try:
+        return load_checkpoint(source, run.device)
+    except CheckpointError as error:
+        sys.exit(f"error: {error}")
+
+
+def train_tokenizers(args, tc, images, texts, run):
+    """Stages 1-2: a BPE on the training texts, the LFQ tokenizer on the training pictures."""
+    text_tokenizer = TextTokenizer.train(texts, tc.bpe_vocab_size, verbose=run.main)
+    sample = texts[:2000]
     chars_per_token = sum(map(len, sample)) / sum(len(text_tokenizer.encode(t)) for t in sample)
     say(run, f"text tokenizer: {len(text_tokenizer)} ids, {chars_per_token:.1f} characters per token")
-    images, *_ = load_training_data(args, tc, data.IMAGE_SIZE)
     vq = train_image_tokenizer(tc, data.image_to_tensor(images), run)
     if not args.data_dir:
         q = report_image_tokenizer(vq, data.make_examples(300, seed=tc.seed + 1), run.device)
         say(run, f"image tokenizer: PSNR {q['psnr']:.1f} dB, objects read back from reconstructions "
                  f"{q['describe_ok']:.0%}, codes used {q['codes_used']}/{q['codebook']} "
                  f"(perplexity {q['perplexity']:.0f})")
-    return None, vq, text_tokenizer, {}
+    return text_tokenizer, vq
 
 
 def main(argv=None):
@@ -507,12 +501,26 @@ def main(argv=None):
     # The preset is the recipe; --seed and --steps are the two knobs worth a flag.
     tc = PRESETS["tiny" if args.tiny else args.preset]
     tc = replace(tc, **{k: v for k, v in {"seed": args.seed, "steps": args.steps}.items() if v is not None})
-    run = Distributed(pick_device(args.device))
+    # Warnings (e.g. skipped unreadable images) as one plain line, not a source listing.
+    warnings.formatwarning = lambda message, *_: f"warning: {message}\n"
+    try:
+        device = pick_device(args.device)
+    except UsageError as error:
+        sys.exit(f"error: {error}")
+    run = Distributed(device)
     torch.manual_seed(tc.seed)
     started = time.time()
     args.out_dir.mkdir(parents=True, exist_ok=True)
 
-    model, vq, text_tokenizer, extra = build_tokenizers(args, tc, run)
+    model, vq, text_tokenizer, extra = load_starting_point(args, run)
+    resolution = vq.cfg.resolution if vq else data.IMAGE_SIZE
+    try:
+        images, captions, qa, sentences = load_training_data(args, tc, resolution)
+    except (FileNotFoundError, ValueError) as error:      # a bad --data-dir: say what to fix
+        sys.exit(f"error: {error}")
+    if vq is None:
+        questions = sorted({q for pairs in qa for q, _ in pairs})
+        text_tokenizer, vq = train_tokenizers(args, tc, images, sentences + questions, run)
     start_step, optimizer_state = 0, None
     if args.resume and model is not None:
         state = extra.get("train_state", {})
@@ -527,7 +535,6 @@ def main(argv=None):
              f"{cfg.codebook_size} image + [MASK], {cfg.num_vq_tokens} image tokens per picture")
 
     # Stage 3 works on ids only: every picture is tokenized once, here, not per step.
-    images, captions, qa, sentences = load_training_data(args, tc, vq.cfg.resolution)
     codes = encode_all(vq, data.image_to_tensor(images), run.device)
     encode = text_tokenizer.encode
     # Answers are encoded with a leading space: GPT-2 style BPE spells " red" (the word

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import data
+import train
 from model import IGNORE, Showo, load_checkpoint, mtp_loss, ntp_loss
 from train import (PRESETS, Distributed, MixedBatches, learning_rate, mixed_loss, model_config,
                    train_transformer)
@@ -76,6 +77,17 @@ def test_training_loss_falls(micro):
     first = np.mean([sum(h.values()) for h in history[:5]])
     last = np.mean([sum(h.values()) for h in history[-5:]])
     assert last < 0.7 * first, f"loss {first:.2f} -> {last:.2f}"
+
+
+def test_bad_input_is_one_clear_line(tmp_path):
+    def message(*args):
+        with pytest.raises(SystemExit) as stop:
+            train.main(["--preset", "micro", "--out-dir", str(tmp_path), *args])
+        return str(stop.value.code)
+    assert "expected a folder of images" in message("--data-dir", str(tmp_path / "missing"))
+    assert "not found" in message("--init", str(tmp_path / "missing.pt"))
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU" in message("--device", "cuda")
 
 
 @pytest.mark.ddp
