@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from attention import lm_attention_mask, mmu_attention_mask, t2i_attention_mask
-from model import load_released_showo
+from model import load_checkpoint, load_released_showo, main
 from sampling import mask_schedule
-from tokenizer import load_released_image_tokenizer
+from tokenizer import TextTokenizer, load_released_image_tokenizer
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "official_tiny"
 TOLERANCE = 1e-4
@@ -129,3 +129,23 @@ def test_image_tokenizer_encode_codes_decode(ref, vq):
 
 def test_mask_schedule(ref):
     assert torch.allclose(mask_schedule(ref["schedule.t"]), ref["schedule.cosine"], atol=1e-6)
+
+
+def test_convert_writes_one_file_that_loads_with_the_same_logits(ref, tmp_path):
+    """`python model.py convert` end to end: released folders -> showo.pt -> same logits."""
+    directory = reference_dir()
+    tokenizer_dir = tmp_path / "phi"
+    tokenizer_dir.mkdir()
+    (tokenizer_dir / "config.json").write_text((directory / "phi" / "config.json").read_text())
+    # A BPE small enough for the fixture's text vocabulary stands in for Phi's files.
+    llm_vocab_size = json.loads((directory / "showo" / "config.json").read_text())["llm_vocab_size"]
+    TextTokenizer.train(["a red circle at the top left"] * 3, min(llm_vocab_size, 260)).save(tokenizer_dir)
+    out = tmp_path / "showo.pt"
+    main(["convert", "--showo", str(directory / "showo"), "--magvit", str(directory / "magvit"),
+          "--tokenizer", str(tokenizer_dir), "--out", str(out)])
+    model, vq, _, _ = load_checkpoint(out)
+    cfg, ids = model.cfg, ref["t2i.input_ids"]
+    with torch.no_grad():
+        logits = model(ids, t2i_attention_mask(ids, cfg.pad_id, cfg.soi_id, cfg.eoi_id))
+    assert_close_on_real_tokens(logits, ref["t2i.logits"], ids, cfg.pad_id)
+    assert torch.equal(vq.encode(ref["vq.pixels"]), ref["vq.codes"])
