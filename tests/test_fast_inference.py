@@ -139,6 +139,7 @@ def test_kv_cache_grows_by_one_position_per_generated_token(micro):
     prompt = ids.shape[1]
     cached = CachedPrefixMMU(model)
     expected_shape = (len(QUESTIONS), cfg.num_heads, prompt, cfg.head_dim)
+    before = []
     with torch.no_grad():
         for step in range(5):
             next_id = cached(ids).argmax(dim=-1)

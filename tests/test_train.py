@@ -1,7 +1,6 @@
 """Training: the mixed-batch layout, the objective falling, and two-process DDP."""
 
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import replace
