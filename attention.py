@@ -107,6 +107,25 @@ def mmu_attention_mask(input_ids, pad_id, eoi_id):
     return _hide_padding(causal | prefix[:, None, :], input_ids == pad_id)
 
 
+def shared_picture_attention_mask(segments, is_pad):
+    """Understanding rows that ask SEVERAL questions about one picture, (B, L, L) bool.
+
+    Training only. segments (B, L): 0 for the prefix <|mmu|> <|soi|> img <|eoi|>, then
+    1, 2, ... for each "BOS question answer EOS" that follows. The prefix is bidirectional
+    (as in `mmu_attention_mask`); a question-answer row sees the prefix and the earlier
+    tokens of its OWN segment, never another answer. The prefix never looks at the
+    answers, so its keys/values are the same whichever answer uses them: with each
+    segment's position ids restarting right after the prefix, every answer gets exactly
+    the logits it would get in a sequence of its own, while the picture is run once.
+    With one segment this is `mmu_attention_mask`.
+    """
+    length = segments.shape[1]
+    causal = causal_mask(length, segments.device)[None]                 # (1, L, L)
+    in_prefix = segments == 0                                           # (B, L)
+    same_segment = segments[:, :, None] == segments[:, None, :]         # (B, L, L)
+    return _hide_padding(in_prefix[:, None, :] | (same_segment & causal), is_pad)
+
+
 # ----------------------------------------------------------------------------------------
 # Using the masks
 # ----------------------------------------------------------------------------------------

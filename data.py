@@ -22,6 +22,7 @@ never the global one, so the same seed gives the same data on every machine.
 Read next: train.py
 """
 
+import itertools
 import json
 import random
 import re
@@ -367,21 +368,84 @@ def make_example(objects) -> Example:
     return Example(render(objects), caption(objects), questions(objects), objects)
 
 
-def make_examples(n: int, seed: int, num_objects: int | None = None) -> list[Example]:
-    """n random examples; the same seed always gives the same list."""
-    rng = random.Random(seed)
-    return [make_example(random_scene(rng, num_objects)) for _ in range(n)]
+# -----------------------------------------------------------------------------
+# Held-out combinations: a test of composition
+#
+# There are only 90 one-object captions (6 colours x 3 shapes x 5 places) and 1,944
+# two-object ones, so a training set of thousands of scenes holds nearly every caption:
+# a score on "new" prompts mostly measures new pictures of captions seen in training. To
+# also measure composition, these pairs of object kinds (colour + shape) NEVER appear
+# together in a training scene. Each of the 18 kinds is in exactly one pair, so every
+# kind is still trained on, alone and beside 16 other kinds; only these 9 pairings are
+# new at test time: 9 pairs x 12 ordered placements = 108 two-object captions.
+HELD_OUT_PAIRS = (
+    (("red", "circle"), ("blue", "square")),
+    (("red", "square"), ("green", "triangle")),
+    (("red", "triangle"), ("yellow", "circle")),
+    (("green", "circle"), ("purple", "square")),
+    (("green", "square"), ("white", "triangle")),
+    (("blue", "circle"), ("yellow", "triangle")),
+    (("blue", "triangle"), ("white", "circle")),
+    (("yellow", "square"), ("purple", "triangle")),
+    (("purple", "circle"), ("white", "square")),
+)
+_HELD_OUT_KIND_PAIRS = {frozenset(pair) for pair in HELD_OUT_PAIRS}
+
+
+def is_held_out(objects) -> bool:
+    """Does this scene pair two object kinds that training never shows together?"""
+    kinds = frozenset((obj.colour, obj.shape) for obj in objects)
+    return len(objects) == 2 and kinds in _HELD_OUT_KIND_PAIRS
+
+
+def held_out_captions() -> list[str]:
+    """All 108 two-object captions that pair a held-out pair of kinds (fixed order)."""
+    captions = []
+    for first, second in HELD_OUT_PAIRS:
+        for place_a, place_b in itertools.permutations(GRID_PLACES, 2):
+            objects = [ShapeObject(*first, place_a, 0, 0, MIN_OBJECT_SIZE),
+                       ShapeObject(*second, place_b, 0, 0, MIN_OBJECT_SIZE)]
+            captions.append(caption(objects))
+    return captions
+
+
+def one_object_captions() -> list[str]:
+    """All 90 one-object captions (colour x shape x place), in a fixed order."""
+    return [caption([ShapeObject(colour, shape, place, 0, 0, MIN_OBJECT_SIZE)])
+            for colour in COLOURS for shape in SHAPES for place in PLACES]
+
+
+def random_scenes(rng: random.Random, n: int, num_objects: int | None = None,
+                  held_out: bool | None = False) -> list[list[ShapeObject]]:
+    """n random scenes. held_out: False (training: never a held-out pairing), True (only
+    held-out pairings, two objects) or None (no filter)."""
+    scenes = []
+    while len(scenes) < n:
+        scene = random_scene(rng, 2 if held_out else num_objects)
+        if held_out is None or is_held_out(scene) == held_out:
+            scenes.append(scene)
+    return scenes
+
+
+def make_examples(n: int, seed: int, num_objects: int | None = None,
+                  held_out: bool | None = False) -> list[Example]:
+    """n random examples; the same seed always gives the same list.
+
+    By default no example pairs a held-out pair of kinds (see HELD_OUT_PAIRS), so the
+    training set and the usual test sets never do; held_out=True gives only such scenes."""
+    return [make_example(scene) for scene in random_scenes(random.Random(seed), n, num_objects, held_out)]
 
 
 def text_corpus(n: int, seed: int) -> list[str]:
     """n short texts of the world, for BPE training and the language-modelling objective.
 
-    Scene after scene, we take its caption and then each question followed by its answer
-    (e.g. "what color is the circle? red"), until there are n texts."""
+    Scene after scene (never a held-out pairing), we take its caption and then each
+    question followed by its answer (e.g. "what color is the circle? red"), until there
+    are n texts."""
     rng = random.Random(seed)
     texts = []
     while len(texts) < n:
-        objects = random_scene(rng)
+        [objects] = random_scenes(rng, 1)
         texts.append(caption(objects))
         texts.extend(f"{question} {answer}" for question, answer in questions(objects))
     return texts[:n]

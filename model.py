@@ -26,6 +26,7 @@ then sampling.py (how the model generates).
 
 import argparse
 import json
+import os
 import re
 import struct
 import sys
@@ -555,11 +556,13 @@ def save_checkpoint(path, model, vq, text_tokenizer, extra=None, dtype=None):
     """One file: both configs, both networks' weights, the text tokenizer, and `extra`.
 
     Everything is stored as plain containers and tensors, so it loads with
-    torch.load(weights_only=True).
+    torch.load(weights_only=True). The file appears whole or not at all: it is written
+    under a temporary name, then renamed (an interrupted save never leaves half a file).
     """
     def weights(module):
         return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).cpu()
                 for k, v in module.state_dict().items()}
+    temporary = Path(f"{path}.tmp")
     torch.save({
         "format": CHECKPOINT_FORMAT,
         "showo_config": asdict(model.cfg),
@@ -568,7 +571,8 @@ def save_checkpoint(path, model, vq, text_tokenizer, extra=None, dtype=None):
         "vq": weights(vq),
         "text_tokenizer": text_tokenizer.to_dict(),
         "extra": extra or {},
-    }, path)
+    }, temporary)
+    os.replace(temporary, path)
 
 
 def load_checkpoint(path, device="cpu", dtype=None):

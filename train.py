@@ -8,14 +8,17 @@
    text-to-image sequences (mask-token prediction, MTP, with 10% of captions dropped so
    classifier-free guidance works), understanding sequences (next-token prediction, NTP,
    on captions and answers) and plain text (NTP); the loss is
-   1.0 * MTP(t2i) + 0.1 * NTP(lm) + 1.0 * NTP(mmu)  (SHOWO_FACTS §6);
-4. write one checkpoint (the same single-file format as `python model.py convert`) and a
-   grid of samples, and print held-out scores: does a generated picture match its
-   prompt, are answers and captions right.
+   1.0 * MTP(t2i) + 0.1 * NTP(lm) + 1.0 * NTP(mmu)  (Eq. 3 of the paper);
+4. write one checkpoint (the same single-file format as `python model.py convert`), a
+   grid of samples, and held-out scores: does a generated picture match its prompt,
+   are answers and captions right.
 
-The data is the built-in shapes world (data.py) unless --data-dir points at a folder of
-your own captioned images. `torchrun --nproc_per_node=N train.py ...` trains with
-DistributedDataParallel. Read first: data.py, model.py; read next: sampling.py.
+Every step's FLOPs are counted (ComputeMeter), so a recipe's cost is a number that is
+the same on every machine. The data is the built-in shapes world (data.py) unless
+--data-dir points at a folder of your own captioned images. `torchrun
+--nproc_per_node=N train.py ...` trains with DistributedDataParallel.
+
+Read first: data.py, model.py; read next: sampling.py.
 """
 
 import argparse
@@ -25,23 +28,25 @@ import random
 import sys
 import time
 import warnings
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils.flop_counter import (FlopCounterMode, flop_registry, register_flop_formula,
+                                      sdpa_backward_flop_count, sdpa_flop_count)
 from tqdm import tqdm
 
 import data
-from attention import lm_attention_mask, mmu_attention_mask, t2i_attention_mask
+from attention import lm_attention_mask, shared_picture_attention_mask, t2i_attention_mask
 from model import IGNORE, SPECIAL_TOKENS, CheckpointError, Showo, ShowoConfig, load_checkpoint, save_checkpoint
 from sampling import UsageError, answer_questions, generate_image_codes, image_grid, pick_device
-from tokenizer import (ImageTokenizer, ImageTokenizerConfig, TextTokenizer, lm_sequences,
-                       mmu_sequences, t2i_sequences)
+from tokenizer import ImageTokenizer, ImageTokenizerConfig, TextTokenizer, lm_sequences, t2i_sequences
 
 
 # ----------------------------------------------------------------------------------------
@@ -50,15 +55,18 @@ from tokenizer import (ImageTokenizer, ImageTokenizerConfig, TextTokenizer, lm_s
 
 @dataclass
 class TrainConfig:
-    """Every knob of a run. Presets below; any field can be overridden from the CLI."""
+    """Every knob of a run. Presets below; `--set name=value` overrides any field."""
     seed: int = 0
     # data
     train_scenes: int = 20000
-    eval_prompts: int = 80           # held-out prompts per t2i score (single, two objects)
-    eval_scenes: int = 100           # held-out pictures for VQA and captioning
+    # held-out scores: every one-object caption `eval_draws` times, `eval_prompts`
+    # two-object prompts, all 108 held-out pairings, and `eval_scenes` new pictures
+    eval_draws: int = 2
+    eval_prompts: int = 200
+    eval_scenes: int = 200
     # text tokenizer
     bpe_vocab_size: int = 512
-    # image tokenizer (32x32 pictures -> 8x8 codes of 13 bits, as in Show-o)
+    # image tokenizer (32x32 pictures -> 8x8 codes of vq_z_channels bits)
     vq_z_channels: int = 13
     vq_ch: int = 16
     vq_ch_mult: tuple = (1, 2, 4)
@@ -66,7 +74,7 @@ class TrainConfig:
     vq_steps: int = 700
     vq_batch: int = 64
     vq_lr: float = 3e-3
-    # transformer (about 5M parameters; t2i gets the largest share of each batch)
+    # transformer
     hidden_size: int = 192
     num_layers: int = 4
     num_heads: int = 4
@@ -75,6 +83,8 @@ class TrainConfig:
     batch_t2i: int = 40
     batch_mmu: int = 24
     batch_lm: int = 8
+    mmu_questions: int = 1          # question-answer pairs per picture in one understanding row
+    mmu_answer_only: bool = False   # NTP loss on the answers only (else question + answer)
     # The reference fine-tunes a pretrained 1.3B model at 1e-4; a 5M model trained from
     # nothing for a few hundred steps needs a larger step (QK-Norm keeps it stable).
     lr: float = 2e-3
@@ -82,25 +92,96 @@ class TrainConfig:
     warmup: int = 50
     weight_decay: float = 0.01
     caption_dropout: float = 0.1
-    # The loss weights of SHOWO_FACTS §6: plain text matters least here.
+    # The loss weights of the paper's Eq. 3: plain text matters least here.
     loss_t2i: float = 1.0
     loss_lm: float = 0.1
     loss_mmu: float = 1.0
-    # sampling used for the samples and the scores (the reference training config's
-    # preview settings); stored in the checkpoint as sampling.py's defaults
+    # sampling used for the samples and the scores; stored in the checkpoint as
+    # sampling.py's defaults
     sample_steps: int = 12
     guidance: float = 1.5
+    sample_temperature: float = 1.0
+    # a checkpoint every save_every transformer steps (and on Ctrl-C); scores every
+    # eval_every steps for the learning curve (0: only at the end)
+    save_every: int = 100
+    eval_every: int = 0
+
+    def check(self):
+        """Raise ValueError (one line) for a value no run can use."""
+        positive = ["train_scenes", "bpe_vocab_size", "vq_z_channels", "vq_ch", "vq_groups", "vq_steps",
+                    "vq_batch", "hidden_size", "num_layers", "num_heads", "max_text_len", "steps",
+                    "batch_t2i", "mmu_questions", "sample_steps", "save_every", "eval_draws"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} = {getattr(self, name)}: must be at least 1")
+        for name in ["batch_mmu", "batch_lm", "eval_prompts", "eval_scenes", "warmup", "eval_every",
+                     "weight_decay", "guidance", "sample_temperature", "min_lr"]:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} = {getattr(self, name)}: must not be negative")
+        for name in ["lr", "vq_lr"]:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} = {getattr(self, name)}: must be positive")
+        if not 0 <= self.caption_dropout < 1:
+            raise ValueError(f"caption_dropout = {self.caption_dropout}: must be in [0, 1)")
+        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 4:
+            raise ValueError(f"hidden_size {self.hidden_size} / num_heads {self.num_heads}: the head size "
+                             f"must be a whole multiple of 4 (rotary embedding)")
+        if self.vq_ch % self.vq_groups:
+            raise ValueError(f"vq_ch {self.vq_ch} must be a multiple of vq_groups {self.vq_groups}")
+        if data.IMAGE_SIZE % 2 ** (len(self.vq_ch_mult) - 1):
+            raise ValueError(f"vq_ch_mult {self.vq_ch_mult}: {len(self.vq_ch_mult) - 1} halvings do not "
+                             f"divide {data.IMAGE_SIZE} px")
 
 
 PRESETS = {
     # ~10 minutes on a 2-core CPU
     "tiny": TrainConfig(),
+    # minutes on one GPU, an hour or more on a 2-core CPU
+    "small": TrainConfig(steps=3000, vq_steps=2000, hidden_size=256, num_layers=6, eval_every=500),
     # seconds: for tests and for trying the code path
-    "micro": TrainConfig(train_scenes=400, eval_prompts=4, eval_scenes=4, bpe_vocab_size=300,
+    "micro": TrainConfig(train_scenes=400, eval_draws=1, eval_prompts=4, eval_scenes=4, bpe_vocab_size=300,
                          vq_z_channels=6, vq_ch=8, vq_steps=20, vq_batch=16, hidden_size=64,
                          num_layers=2, num_heads=2, steps=30, batch_t2i=8, batch_mmu=8, batch_lm=4,
-                         warmup=5, sample_steps=4),
+                         warmup=5, sample_steps=4, save_every=10),
 }
+
+
+def parse_field(name, text, current):
+    """A --set value, read as the type the field already has ("1,2,4" for a tuple)."""
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        if isinstance(current, tuple):
+            return tuple(int(part) for part in text.split(","))
+        return type(current)(text)
+    except ValueError:
+        raise ValueError(f"--set {name}={text}: expected {type(current).__name__} like {current!r}") from None
+
+
+def override(tc, assignments):
+    """TrainConfig with `--set name=value` assignments applied (any field of the dataclass)."""
+    names = [f.name for f in fields(tc)]
+    changes = {}
+    for assignment in assignments:
+        name, equals, text = assignment.partition("=")
+        if not equals or name not in names:
+            raise ValueError(f"--set {assignment}: expected NAME=VALUE, NAME one of {', '.join(names)}")
+        changes[name] = parse_field(name, text, getattr(tc, name))
+    return replace(tc, **changes)
+
+
+def config_to_dict(tc):
+    """A TrainConfig as plain values (tuples as lists), for the checkpoint."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(tc).items()}
+
+
+def config_from_dict(stored):
+    """Undo config_to_dict (fields added since the checkpoint keep their defaults)."""
+    known = {f.name: f.default for f in fields(TrainConfig)}
+    return TrainConfig(**{k: tuple(v) if isinstance(known[k], tuple) else v
+                          for k, v in stored.items() if k in known})
 
 
 # ----------------------------------------------------------------------------------------
@@ -111,8 +192,8 @@ class Distributed:
     """Rank/world size under torchrun (RANK, WORLD_SIZE in the environment), else 1 process.
 
     Every process builds the same tokenizers and model (same seed), draws its own batches
-    (seed + 1000 * rank) and DDP averages the gradients, so the weights stay identical.
-    gloo runs on CPUs, nccl between GPUs.
+    (its rank is part of every batch's seed) and DDP averages the gradients, so the
+    weights stay identical. gloo runs on CPUs, nccl between GPUs.
     """
 
     def __init__(self, device):
@@ -149,6 +230,83 @@ def say(run, *args):
         print(*args, flush=True)
 
 
+def step_rng(seed, rank, stage, step):
+    """(random.Random, torch.Generator) for one step's batch, from (seed, rank, stage, step) alone.
+
+    Drawing each batch from its own seed makes the data order a function of the step
+    number: a run resumed at step s draws exactly the batches a straight run draws there.
+    """
+    rng = random.Random(f"{seed}/{rank}/{stage}/{step}")
+    return rng, torch.Generator().manual_seed(rng.getrandbits(63))
+
+
+# ----------------------------------------------------------------------------------------
+# Counting the compute
+# ----------------------------------------------------------------------------------------
+#
+# Budgets here are stated in floating-point operations (FLOPs), not seconds: a FLOP count
+# is the same on every machine, while the same run takes twice as long on a busy CPU.
+# PyTorch's FlopCounterMode watches every matmul, convolution and attention call as it
+# runs and adds up 2 FLOPs per multiply-add, forward and backward alike. (nanoGPT
+# estimates the same number from a formula, 6 * parameters per token plus attention, to
+# report its MFU; counting needs no formula and covers the convolutions too.)
+#
+# The counter knows the attention kernels PyTorch uses on GPUs but not the one it uses on
+# CPUs; the two registrations below give the CPU kernel the same formula.
+
+_CPU_ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_CPU_ATTENTION_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+if _CPU_ATTENTION not in flop_registry:
+    @register_flop_formula(_CPU_ATTENTION)
+    def _cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query, key, value)
+
+    @register_flop_formula(_CPU_ATTENTION_BACKWARD)
+    def _cpu_attention_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+class ComputeMeter:
+    """FLOPs and wall seconds of each training stage, counted step by step.
+
+    `with meter.count(stage):` adds the FLOPs of the enclosed forward and backward;
+    `with meter.clock(stage):` adds its wall time (the optimizer's update included: it
+    does no matmuls, so it adds time but no FLOPs).
+    """
+
+    def __init__(self, flops=None, seconds=None):
+        self.flops = dict(flops or {})        # stage -> FLOPs so far
+        self.seconds = dict(seconds or {})    # stage -> wall seconds so far
+
+    @contextmanager
+    def count(self, stage):
+        with FlopCounterMode(display=False) as counter:
+            yield
+        self.flops[stage] = self.flops.get(stage, 0) + counter.get_total_flops()
+
+    @contextmanager
+    def clock(self, stage):
+        start = time.perf_counter()
+        yield
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+    @property
+    def total(self):
+        return sum(self.flops.values())
+
+    def report(self):
+        """The run's total, then one line per stage: TFLOP, seconds and the GFLOP/s achieved."""
+        lines = [f"training compute: {self.total / 1e12:.1f} TFLOP"]
+        for stage, flops in self.flops.items():
+            seconds = self.seconds.get(stage, 0.0)
+            rate = f", {flops / seconds / 1e9:.0f} GFLOP/s" if seconds else ""
+            lines.append(f"  {stage}: {flops / 1e12:.2f} TFLOP in {seconds:.0f} s{rate}")
+        return "\n".join(lines)
+
+    def to_dict(self):
+        return {"flops": dict(self.flops), "seconds": dict(self.seconds), "total_flops": self.total}
+
+
 # ----------------------------------------------------------------------------------------
 # 1-2. The tokenizers
 # ----------------------------------------------------------------------------------------
@@ -171,7 +329,7 @@ def image_tokenizer_config(tc, resolution):
 
 
 def model_config(tc, text_tokenizer, vq):
-    """The transformer's config: its vocabulary laid out for these two tokenizers (§1)."""
+    """The transformer's config: its vocabulary laid out for these two tokenizers."""
     return ShowoConfig(llm_vocab_size=len(text_tokenizer), codebook_size=vq.cfg.codebook_size,
                        vocab_size=len(text_tokenizer) + len(SPECIAL_TOKENS) + vq.cfg.codebook_size + 1,
                        bos_token_id=text_tokenizer.eos_id, eos_token_id=text_tokenizer.eos_id,
@@ -180,204 +338,317 @@ def model_config(tc, text_tokenizer, vq):
                        intermediate_size=4 * tc.hidden_size, max_position_embeddings=512)
 
 
-def train_image_tokenizer(tc, pixels, run):
-    """Fit the LFQ tokenizer to reconstruct `pixels` (B, 3, H, W) in [-1, 1].
+def pictures_to_tensor(images, resolution):
+    """uint8 (B, H, W, 3) pictures -> float (B, 3, res, res) in [-1, 1], resized when needed."""
+    if images.shape[1] != resolution:
+        images = np.stack([data.resize_and_crop(Image.fromarray(image), resolution) for image in images])
+    return data.image_to_tensor(images)
 
-    Loss = MSE(reconstruction) + commitment + entropy (both from the quantizer, §5).
+
+def train_image_tokenizer(tc, images, run, meter):
+    """Fit the LFQ tokenizer to reconstruct `images`, uint8 (B, H, W, 3).
+
+    Loss = MSE(reconstruction) + commitment + entropy (both from the quantizer).
     """
+    pixels = data.image_to_tensor(images)
     vq = ImageTokenizer(image_tokenizer_config(tc, pixels.shape[-1])).to(run.device)
     trained = run.wrap(vq)
     opt = torch.optim.AdamW(vq.parameters(), lr=tc.vq_lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(tc.seed + 1000 * run.rank)
     bar = tqdm(range(tc.vq_steps), desc="image tokenizer", disable=not run.main)
     for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(step, tc.vq_steps, tc.vq_lr, tc.vq_lr / 10, tc.vq_steps // 20 + 1)
-        batch = pixels[torch.randint(len(pixels), (tc.vq_batch,), generator=gen)].to(run.device)
-        reconstruction, _, commit, entropy = trained(batch)
-        mse = F.mse_loss(reconstruction, batch)
-        loss = mse + commit + entropy
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with meter.clock("image tokenizer"):
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(step, tc.vq_steps, tc.vq_lr, tc.vq_lr / 10, tc.vq_steps // 20 + 1)
+            _, gen = step_rng(tc.seed, run.rank, "image tokenizer", step)
+            batch = pixels[torch.randint(len(pixels), (tc.vq_batch,), generator=gen)].to(run.device)
+            with meter.count("image tokenizer"):
+                reconstruction, _, commit, entropy = trained(batch)
+                mse = F.mse_loss(reconstruction, batch)
+                loss = mse + commit + entropy
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            opt.step()
         if step % 10 == 0:
             bar.set_postfix(mse=f"{mse.item():.4f}", entropy=f"{entropy.item():+.3f}")
     return vq.eval()
 
 
 @torch.no_grad()
-def encode_all(vq, pixels, device, batch=512):
-    """Image codes (B, N) for a stack of pictures, in chunks."""
-    return torch.cat([vq.encode(pixels[i:i + batch].to(device)).cpu() for i in range(0, len(pixels), batch)])
+def encode_all(vq, images, device, batch=256):
+    """Image codes (B, N) for uint8 pictures (B, H, W, 3), a chunk at a time.
+
+    Chunks keep memory small: 20,000 pictures as float32 at 256 px would be 16 GB.
+    """
+    res = vq.cfg.resolution
+    return torch.cat([vq.encode(pictures_to_tensor(images[i:i + batch], res).to(device)).cpu()
+                      for i in range(0, len(images), batch)])
+
+
+@torch.no_grad()
+def decode_all(vq, codes, batch=256):
+    """uint8 pictures (B, H, W, 3) for (B, N) codes, a chunk at a time."""
+    device = next(vq.parameters()).device
+    return np.concatenate([data.tensor_to_image(vq.decode(codes[i:i + batch].to(device)))
+                           for i in range(0, len(codes), batch)])
+
+
+def as_world_picture(picture):
+    """A decoded picture at the shapes world's 32 px, which data.describe reads."""
+    if picture.shape[0] == data.IMAGE_SIZE:
+        return picture
+    return np.array(Image.fromarray(picture).resize((data.IMAGE_SIZE,) * 2, Image.Resampling.BOX))
 
 
 @torch.no_grad()
 def report_image_tokenizer(vq, examples, device):
     """Reconstruction quality and codebook usage, on pictures the tokenizer never saw."""
-    pixels = data.image_to_tensor(np.stack([e.image for e in examples]))
-    codes = encode_all(vq, pixels, device)
-    rebuilt = torch.cat([vq.decode(codes[i:i + 256].to(device)).cpu() for i in range(0, len(codes), 256)])
-    mse = F.mse_loss(rebuilt.clamp(-1, 1), pixels).item()
-    psnr = 10 * math.log10(4 / mse)            # peak-to-peak range is 2 in [-1, 1]
-    readable = np.mean([data.describe(image) == data.parse_caption(e.caption)
-                        for image, e in zip(data.tensor_to_image(rebuilt), examples)])
+    images = np.stack([e.image for e in examples])
+    codes = encode_all(vq, images, device)
+    rebuilt = decode_all(vq, codes)
+    mse = np.mean(((rebuilt.astype(np.float64) - images) / 127.5) ** 2)
+    readable = np.mean([data.matches(as_world_picture(image), e.caption) for image, e in zip(rebuilt, examples)])
     counts = torch.bincount(codes.flatten(), minlength=vq.cfg.codebook_size).float()
     p = counts[counts > 0] / counts.sum()
     perplexity = math.exp(-(p * p.log()).sum().item())
-    return {"psnr": psnr, "describe_ok": float(readable), "codes_used": int((counts > 0).sum()),
-            "codebook": vq.cfg.codebook_size, "perplexity": perplexity}
+    return {"psnr": 10 * math.log10(4 / mse), "describe_ok": float(readable),   # peak-to-peak range 2
+            "codes_used": int((counts > 0).sum()), "codebook": vq.cfg.codebook_size, "perplexity": perplexity}
 
 
 # ----------------------------------------------------------------------------------------
 # 3. Mixed batches (Show-o §3.3): t2i (MTP) + understanding (NTP) + text (NTP)
 # ----------------------------------------------------------------------------------------
 
+class Part:
+    """One kind of sequence in a mixed batch: (B, L) ids, labels and positions, (B, L, L) mask."""
+
+    def __init__(self, ids, labels, allowed, positions=None):
+        self.ids, self.labels, self.allowed = ids, labels, allowed
+        self.positions = torch.arange(ids.shape[1]).expand_as(ids) if positions is None else positions
+
+    def __len__(self):
+        return self.ids.shape[0]
+
+
 class MixedBatches:
-    """Builds one padded batch holding the three kinds of sequence, with masks and labels.
+    """Builds each step's three parts: t2i, understanding and plain text, with their labels.
 
     All pictures are tokenized once up front; a batch is then only index bookkeeping.
-    Why one batch and not three: Show-o trains its objectives jointly, so one forward pass
-    over all three kinds lets one backward pass carry every gradient (and keeps
-    DistributedDataParallel to its one-forward-one-backward rhythm). What tells the kinds
-    apart is only each row's attention mask and where its labels sit.
+    Show-o trains its objectives jointly: one backward pass carries every gradient. What
+    tells the kinds apart is only each row's attention mask and where its labels sit.
+    Each part keeps its own length (no part is padded to another's).
     """
 
-    def __init__(self, cfg, tc, codes, captions_ids, qa_ids, lm_ids, seed):
-        self.cfg, self.tc = cfg, tc
+    def __init__(self, cfg, tc, codes, captions_ids, qa_ids, lm_ids, rank=0):
+        self.cfg, self.tc, self.rank = cfg, tc, rank
         self.codes, self.captions, self.qa, self.lm = codes, captions_ids, qa_ids, lm_ids
-        self.rng = random.Random(seed)
-        self.gen = torch.Generator().manual_seed(seed)
 
-    def t2i(self, picks):
+    def batch(self, step):
+        """The parts of step `step` (the same for the same seed, rank and step)."""
+        rng, gen = step_rng(self.tc.seed, self.rank, "transformer", step)
+        pick = lambda count: [rng.randrange(len(self.codes)) for _ in range(count)]   # noqa: E731
+        parts = {"t2i": self.t2i(pick(self.tc.batch_t2i), rng, gen)}
+        if self.tc.batch_mmu:
+            parts["mmu"] = self.mmu(pick(self.tc.batch_mmu), rng)
+        if self.tc.batch_lm:
+            parts["lm"] = self.text([rng.randrange(len(self.lm)) for _ in range(self.tc.batch_lm)])
+        return parts
+
+    def t2i(self, picks, rng, gen):
         """Caption + partly masked picture. Labels: the original token at masked places only."""
         cfg, n = self.cfg, self.cfg.num_vq_tokens
         # Caption drop-out: an empty caption is the unconditional prompt, so the same
         # network learns p(image) too, which classifier-free guidance needs at sampling.
-        captions = [[] if self.rng.random() < self.tc.caption_dropout else self.captions[i] for i in picks]
+        captions = [[] if rng.random() < self.tc.caption_dropout else self.captions[i] for i in picks]
         tokens = self.codes[picks] + cfg.image_offset                         # (B, N)
         # Mask ratio cos(t*pi/2), t ~ U(0, 1): the same schedule sampling walks through.
-        t = torch.rand(len(picks), generator=self.gen)
+        t = torch.rand(len(picks), generator=gen)
         n_masked = (n * torch.cos(t * math.pi / 2)).round().clamp(min=1)       # (B,)
         # A random permutation per row; its first n_masked positions get [MASK].
-        masked = torch.rand(len(picks), n, generator=self.gen).argsort(1) < n_masked[:, None]
+        masked = torch.rand(len(picks), n, generator=gen).argsort(1) < n_masked[:, None]
         ids = t2i_sequences(captions, tokens.masked_fill(masked, cfg.mask_token_id), cfg)
         # The image span is the last N+1 ... last-1 positions (before <|eoi|>). Visible
         # image tokens get no loss: copying an input teaches nothing (MaskGIT, Eq. 2).
         labels = torch.full_like(ids, IGNORE)
         labels[:, -(n + 1):-1] = tokens.masked_fill(~masked, IGNORE)
-        return ids, labels, t2i_attention_mask(ids, cfg.pad_id, cfg.soi_id, cfg.eoi_id)
+        return Part(ids, labels, t2i_attention_mask(ids, cfg.pad_id, cfg.soi_id, cfg.eoi_id))
 
-    def mmu(self, picks):
-        """Picture + question + answer. Labels: the text after <|eoi|> (question, answer, EOS)."""
-        cfg = self.cfg
-        texts = []
-        # One random question per picture per visit; "describe the image." (captioning)
-        # is one of them, so captioning and VQA share this objective.
+    def mmu(self, picks, rng):
+        """Picture + questions + answers: <|mmu|> <|soi|> img <|eoi|> then BOS q a EOS, ...
+
+        With mmu_questions = 1 this is Show-o's understanding sequence. With more, one row
+        holds several question-answer segments about the same picture, each seeing only
+        the picture and itself, each with positions restarting after the picture
+        (attention.shared_picture_attention_mask): the same logits as separate rows, with
+        the 64-token picture run once instead of once per question.
+        Labels: the answer and EOS (and the question unless mmu_answer_only).
+        """
+        cfg, tc = self.cfg, self.tc
+        rows = []
         for i in picks:
-            question, answer = self.rng.choice(self.qa[i])
-            texts.append(question + answer + [cfg.eos_token_id])
-        ids, _ = mmu_sequences(self.codes[picks] + cfg.image_offset, texts, cfg)
-        labels = ids.masked_fill(ids == cfg.pad_id, IGNORE)
-        labels[:, :cfg.num_vq_tokens + 4] = IGNORE                             # <mmu> <soi> img <eoi> BOS
-        return ids, labels, mmu_attention_mask(ids, cfg.pad_id, cfg.eoi_id)
+            prefix = [cfg.mmu_id, cfg.soi_id, *(self.codes[i] + cfg.image_offset).tolist(), cfg.eoi_id]
+            ids, segments, labels = list(prefix), [0] * len(prefix), [IGNORE] * len(prefix)
+            positions = list(range(len(prefix)))
+            asked = rng.sample(self.qa[i], min(tc.mmu_questions, len(self.qa[i])))
+            for segment, (question, answer) in enumerate(asked, start=1):
+                text = [cfg.bos_token_id, *question, *answer, cfg.eos_token_id]
+                ids += text
+                segments += [segment] * len(text)
+                positions += range(len(prefix), len(prefix) + len(text))
+                question_labels = [IGNORE] * len(question) if tc.mmu_answer_only else question
+                labels += [IGNORE, *question_labels, *answer, cfg.eos_token_id]   # BOS is given
+            rows.append((ids, segments, positions, labels))
+        width = max(len(r[0]) for r in rows)
+        pad = lambda values, fill: torch.tensor([v + [fill] * (width - len(v)) for v in values])  # noqa: E731
+        ids, segments = pad([r[0] for r in rows], cfg.pad_id), pad([r[1] for r in rows], -1)
+        positions, labels = pad([r[2] for r in rows], 0), pad([r[3] for r in rows], IGNORE)
+        return Part(ids, labels, shared_picture_attention_mask(segments, ids == cfg.pad_id), positions)
 
-    def text(self, count):
+    def text(self, picks):
         """Plain sentences for language modelling. Labels: every real token."""
         cfg = self.cfg
-        picks = [self.rng.randrange(len(self.lm)) for _ in range(count)]
         ids = lm_sequences([self.lm[i] for i in picks], cfg, max(len(self.lm[i]) for i in picks) + 2)
-        return ids, ids.masked_fill(ids == cfg.pad_id, IGNORE), lm_attention_mask(ids, cfg.pad_id)
-
-    def next(self):
-        """(ids, labels, allowed, sizes): the three parts padded to one length, stacked."""
-        tc = self.tc
-        parts = [self.t2i(self.sample(tc.batch_t2i)), self.text(tc.batch_lm), self.mmu(self.sample(tc.batch_mmu))]
-        length = max(p[0].shape[1] for p in parts)
-        ids, labels, allowed = zip(*(pad_part(*p, length, self.cfg.pad_id) for p in parts))
-        return torch.cat(ids), torch.cat(labels), torch.cat(allowed), [p[0].shape[0] for p in parts]
-
-    def sample(self, count):
-        """`count` random scene indices (with replacement)."""
-        return torch.tensor([self.rng.randrange(len(self.codes)) for _ in range(count)])
+        return Part(ids, ids.masked_fill(ids == cfg.pad_id, IGNORE), lm_attention_mask(ids, cfg.pad_id))
 
 
-def pad_part(ids, labels, allowed, length, pad_id):
-    """Right-pad one part of a mixed batch to `length` (pads see only themselves)."""
-    extra = length - ids.shape[1]
-    if extra == 0:
-        return ids, labels, allowed
-    b = ids.shape[0]
-    ids = torch.cat([ids, torch.full((b, extra), pad_id)], dim=1)
-    labels = torch.cat([labels, torch.full((b, extra), IGNORE)], dim=1)
-    grown = torch.zeros(b, length, length, dtype=torch.bool)
-    grown[:, :allowed.shape[1], :allowed.shape[2]] = allowed
-    grown[:, allowed.shape[1]:, allowed.shape[2]:] = torch.eye(extra, dtype=torch.bool)
-    return ids, labels, grown
+def prediction_targets(part, kind):
+    """What each position must predict: an MTP row its own label, an NTP row the next one.
 
-
-def prediction_targets(labels, sizes):
-    """What each position must predict: MTP rows their own label, NTP rows the next one.
-
-    This is the shift inside ntp_loss / mtp_loss (model.py), done once for the whole mixed
-    batch so that only positions with a target need logits.
+    This is the shift inside ntp_loss / mtp_loss (model.py), done before the network runs
+    so that lm_head only has to run where there is a target.
     """
-    n_t2i = sizes[0]
-    targets = torch.full_like(labels, IGNORE)
-    targets[:n_t2i] = labels[:n_t2i]
-    targets[n_t2i:, :-1] = labels[n_t2i:, 1:]
+    if kind == "t2i":
+        return part.labels
+    targets = torch.full_like(part.labels, IGNORE)
+    targets[:, :-1] = part.labels[:, 1:]
     return targets
 
 
-def mixed_loss(model, batch, tc, device):
-    """The Show-o objective on one mixed batch: 1.0 MTP(t2i) + 0.1 NTP(lm) + 1.0 NTP(mmu).
+class MixedForward(nn.Module):
+    """The transformer run over every part of a mixed batch, in one forward call.
 
-    Equal to mtp_loss / ntp_loss on each part's full logits (tests/test_train.py checks
-    it), but lm_head runs only where a target is, about a third of the positions.
+    One call (rather than one per part) keeps DistributedDataParallel's rhythm of one
+    forward, one backward. Returns, per part, the logits at the positions that have a
+    target only: (K, V) for its K targets.
     """
-    ids, labels, allowed, sizes = batch
-    targets = prediction_targets(labels, sizes).to(device)
-    keep = targets != IGNORE                                              # (B, L)
-    logits = model(ids.to(device), allowed.to(device), keep=keep)         # (K, V)
-    per_token = F.cross_entropy(logits, targets[keep], reduction="none")  # (K,)
-    part = torch.repeat_interleave(torch.arange(3, device=device), torch.tensor(sizes, device=device))
-    part = part[:, None].expand_as(targets)[keep]                         # (K,) 0 t2i, 1 lm, 2 mmu
-    t2i, lm, mmu = (per_token[part == i].mean() for i in range(3))
-    total = tc.loss_t2i * t2i + tc.loss_lm * lm + tc.loss_mmu * mmu
-    return total, {"t2i": t2i.item(), "lm": lm.item(), "mmu": mmu.item()}
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, parts, targets):
+        return {kind: self.model(part.ids, part.allowed, part.positions, keep=targets[kind] != IGNORE)
+                for kind, part in parts.items()}
 
 
-def train_transformer(model, batches, tc, run, start_step=0, optimizer_state=None):
-    """AdamW with warm-up + cosine decay on mixed batches. Returns the optimizer state."""
-    trained = run.wrap(model)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+LOSS_WEIGHT = {"t2i": "loss_t2i", "lm": "loss_lm", "mmu": "loss_mmu"}
+
+
+def mixed_loss(forward, parts, tc, device):
+    """The Show-o objective on one mixed batch (Eq. 3): 1.0 MTP(t2i) + 0.1 NTP(lm) + 1.0 NTP(mmu).
+
+    mtp_loss and ntp_loss (model.py, Eq. 1 and 2) are cross-entropy averaged over the
+    positions whose target is not IGNORE. Here the network only computes logits at those
+    positions (`keep`), and the cross-entropy of each part is averaged over them: the same
+    number (tests/test_train.py checks it) for about a third of lm_head's work.
+    """
+    parts = {kind: Part(p.ids.to(device), p.labels.to(device), p.allowed.to(device), p.positions.to(device))
+             for kind, p in parts.items()}
+    targets = {kind: prediction_targets(part, kind) for kind, part in parts.items()}
+    logits = forward(parts, targets)
+    losses = {kind: F.cross_entropy(logits[kind], targets[kind][targets[kind] != IGNORE]) for kind in parts}
+    total = sum(getattr(tc, LOSS_WEIGHT[kind]) * loss for kind, loss in losses.items())
+    return total, {kind: loss.item() for kind, loss in losses.items()}
+
+
+# ----------------------------------------------------------------------------------------
+# Saving and resuming
+# ----------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """Everything a checkpoint holds about a run besides the networks."""
+    tc: TrainConfig
+    preset: str
+    step: int = 0                       # transformer steps done
+    optimizer: dict = None
+    history: list = None                # one {kind: loss} per step
+    scores: list = None                 # one {"step", "tflop", score...} per evaluation
+    meter: ComputeMeter = None
+
+    def extra(self):
+        return {"sampling": {"steps": self.tc.sample_steps, "guidance": self.tc.guidance,
+                             "temperature": self.tc.sample_temperature},
+                "preset": self.preset, "train_config": config_to_dict(self.tc),
+                "train_state": {"step": self.step, "optimizer": self.optimizer},
+                "loss_history": self.history, "scores": self.scores, "compute": self.meter.to_dict()}
+
+    @classmethod
+    def from_extra(cls, extra):
+        state, compute = extra["train_state"], extra.get("compute", {})
+        return cls(config_from_dict(extra["train_config"]), extra.get("preset", "tiny"), state["step"],
+                   state["optimizer"], list(extra.get("loss_history", [])), list(extra.get("scores", [])),
+                   ComputeMeter(compute.get("flops"), compute.get("seconds")))
+
+
+def save(path, model, vq, text_tokenizer, state):
+    """Write the checkpoint (model.save_checkpoint writes a temporary file, then renames it)."""
+    save_checkpoint(path, model, vq, text_tokenizer, extra=state.extra())
+
+
+# ----------------------------------------------------------------------------------------
+# The transformer stage
+# ----------------------------------------------------------------------------------------
+
+def train_transformer(model, batches, state, run, checkpoint=None, evaluate_at=None):
+    """AdamW with warm-up + cosine decay on mixed batches, from state.step to tc.steps.
+
+    checkpoint(state): called every save_every steps, at the end and on Ctrl-C (then
+    KeyboardInterrupt is raised again). evaluate_at(step): called every eval_every steps.
+    """
+    tc = state.tc
+    forward = run.wrap(MixedForward(model))
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.999))
-    if optimizer_state:
-        opt.load_state_dict(optimizer_state)
+    if state.optimizer:
+        opt.load_state_dict(state.optimizer)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if run.device.startswith("cuda")
                 else nullcontext())
     model.train()
-    # Resuming starts the bar (and the learning-rate schedule) where the checkpoint stopped.
-    bar = tqdm(range(start_step, tc.steps), desc="transformer", disable=not run.main,
-               initial=start_step, total=tc.steps)
-    history = []
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(step, tc.steps, tc.lr, tc.min_lr, tc.warmup)
-        with autocast:
-            loss, parts = mixed_loss(trained, batches.next(), tc, run.device)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        # Clipping guards the first steps, when the freshly initialised embeddings of
-        # thousands of image ids get large, noisy gradients.
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        history.append(parts)
-        if step % 10 == 0:
-            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
-    model.eval()
-    return opt.state_dict(), history
+    bar = tqdm(range(state.step, tc.steps), desc="transformer", disable=not run.main,
+               initial=state.step, total=tc.steps)
+    try:
+        for step in bar:
+            with state.meter.clock("transformer"):
+                for group in opt.param_groups:
+                    group["lr"] = learning_rate(step, tc.steps, tc.lr, tc.min_lr, tc.warmup)
+                parts = batches.batch(step)
+                with state.meter.count("transformer"), autocast:
+                    loss, losses = mixed_loss(forward, parts, tc, run.device)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                # Clipping guards the first steps, when the freshly initialised embeddings
+                # of the image ids get large, noisy gradients.
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+            state.step, state.optimizer = step + 1, None
+            state.history.append(losses)
+            if step % 10 == 0:
+                bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+            if evaluate_at and tc.eval_every and state.step % tc.eval_every == 0 and state.step < tc.steps:
+                evaluate_at(state.step)
+                model.train()
+            if checkpoint and (state.step % tc.save_every == 0 or state.step == tc.steps):
+                state.optimizer = opt.state_dict()
+                checkpoint(state)
+    except KeyboardInterrupt:
+        if checkpoint:
+            state.optimizer = opt.state_dict()
+            checkpoint(state)
+        raise
+    state.optimizer = opt.state_dict()
+    return model.eval()
 
 
 # ----------------------------------------------------------------------------------------
@@ -385,16 +656,16 @@ def train_transformer(model, batches, tc, run, start_step=0, optimizer_state=Non
 # ----------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def t2i_match_rate(model, vq, text_tokenizer, prompts, tc, seed, batch=50):
+def t2i_match_rate(model, vq, text_tokenizer, prompts, tc, seed, batch=64):
     """Fraction of generated pictures whose objects (read by data.describe) equal the prompt's."""
     gen = torch.Generator(next(model.parameters()).device).manual_seed(seed)
     hits = 0
     for i in range(0, len(prompts), batch):
         chunk = prompts[i:i + batch]
         codes = generate_image_codes(model, [text_tokenizer.encode(p) for p in chunk], tc.sample_steps,
-                                     tc.guidance, generator=gen)
-        pictures = data.tensor_to_image(vq.decode(codes))
-        hits += sum(data.matches(picture, prompt) for picture, prompt in zip(pictures, chunk))
+                                     tc.guidance, tc.sample_temperature, generator=gen)
+        pictures = decode_all(vq, codes)
+        hits += sum(data.matches(as_world_picture(picture), prompt) for picture, prompt in zip(pictures, chunk))
     return hits / len(prompts)
 
 
@@ -405,30 +676,54 @@ def answer_accuracy(model, vq, text_tokenizer, examples, device, want_captions):
     hits = 0
     for i in range(0, len(asked), 64):
         chunk = asked[i:i + 64]
-        pixels = data.image_to_tensor(np.stack([e.image for e, _, _ in chunk])).to(device)
-        answers = answer_questions(model, vq.encode(pixels), [text_tokenizer.encode(q) for _, q, _ in chunk],
+        codes = encode_all(vq, np.stack([e.image for e, _, _ in chunk]), device).to(device)
+        answers = answer_questions(model, codes, [text_tokenizer.encode(q) for _, q, _ in chunk],
                                    max_new_tokens=model.cfg.max_text_len)
         hits += sum(text_tokenizer.decode(ids).strip() == a for ids, (_, _, a) in zip(answers, chunk))
     return hits / max(1, len(asked))
 
 
+# What each score is, as printed (the README's tables use the same words).
+SCORE_NAMES = {
+    "t2i_one": "t2i one object (seen captions, new draws)",
+    "t2i_two": "t2i two objects (seen pairings)",
+    "t2i_novel": "t2i two objects (held-out pairings)",
+    "vqa": "VQA (new pictures)",
+    "caption": "caption exact match (new pictures)",
+    "caption_novel": "caption exact match (held-out pairings)",
+}
+
+
 def evaluate(model, vq, text_tokenizer, tc, device):
-    """Held-out scores (a seed no training scene used).
+    """Held-out scores (seeds no training scene used).
 
     t2i: draw each prompt, decode, and let data.describe read the objects back; a picture
-    counts only when colour, shape and place of every object are right. Understanding:
-    greedy answers must equal the true answer string exactly.
+    counts only when colour, shape and place of every object are right. The 90
+    one-object captions all occur in training (only the pictures are new); so do nearly
+    all two-object ones, except the 108 that pair a held-out pair of kinds
+    (data.HELD_OUT_PAIRS), which test composition. Understanding: greedy answers must
+    equal the true answer string exactly, on pictures no training step saw.
     """
+    model.eval()
     rng = random.Random(tc.seed + 7919)
-    singles = [data.caption(data.random_scene(rng, 1)) for _ in range(tc.eval_prompts)]
-    doubles = [data.caption(data.random_scene(rng, 2)) for _ in range(tc.eval_prompts)]
-    held_out = data.make_examples(tc.eval_scenes, seed=tc.seed + 104729)
+    doubles = [data.caption(scene) for scene in data.random_scenes(rng, tc.eval_prompts, 2)]
+    pictures = data.make_examples(tc.eval_scenes, seed=tc.seed + 104729)
+    novel_pictures = data.make_examples(max(1, tc.eval_scenes // 2), seed=tc.seed + 15485863, held_out=True)
+    rate = lambda prompts: t2i_match_rate(model, vq, text_tokenizer, prompts, tc, tc.seed)  # noqa: E731
+    answers = lambda examples, captions: answer_accuracy(model, vq, text_tokenizer, examples,  # noqa: E731
+                                                         device, want_captions=captions)
     return {
-        "t2i_single": t2i_match_rate(model, vq, text_tokenizer, singles, tc, tc.seed),
-        "t2i_two": t2i_match_rate(model, vq, text_tokenizer, doubles, tc, tc.seed),
-        "vqa": answer_accuracy(model, vq, text_tokenizer, held_out, device, want_captions=False),
-        "caption": answer_accuracy(model, vq, text_tokenizer, held_out, device, want_captions=True),
+        "t2i_one": rate(data.one_object_captions() * tc.eval_draws),
+        "t2i_two": rate(doubles),
+        "t2i_novel": rate(data.held_out_captions()),
+        "vqa": answers(pictures, False),
+        "caption": answers(pictures, True),
+        "caption_novel": answers(novel_pictures, True),
     }
+
+
+def format_scores(scores):
+    return "; ".join(f"{SCORE_NAMES[k]} {scores[k]:.0%}" for k in SCORE_NAMES if k in scores)
 
 
 SAMPLE_PROMPTS = ["a red circle in the center", "a blue square at the top left",
@@ -442,40 +737,31 @@ SAMPLE_PROMPTS = ["a red circle in the center", "a blue square at the top left",
 # The whole run
 # ----------------------------------------------------------------------------------------
 
-def load_training_data(args, tc, resolution):
-    """(pictures uint8 (B, H, W, 3), captions, question-answer lists, LM sentences)."""
-    if args.data_dir:
-        items = data.load_caption_folder(args.data_dir, resolution)
+def load_training_data(data_dir, tc):
+    """(pictures uint8 (B, 32, 32, 3), captions, question-answer lists, LM sentences).
+
+    Pictures stay small and uint8 here; encode_all resizes a chunk at a time when the
+    image tokenizer works at another resolution (a released one fine-tuned with --init).
+    """
+    if data_dir:
+        items = data.load_caption_folder(data_dir, data.IMAGE_SIZE)
         if not items:
-            sys.exit(f"error: no readable images listed in {args.data_dir}/captions.jsonl")
-        images = np.stack([image for image, _ in items])
+            raise ValueError(f"no readable images listed in {data_dir}/captions.jsonl")
         captions = [caption for _, caption in items]
-        return images, captions, [[("describe the image.", c)] for c in captions], captions
+        return (np.stack([image for image, _ in items]), captions,
+                [[("describe the image.", c)] for c in captions], captions)
     examples = data.make_examples(tc.train_scenes, seed=tc.seed)
-    images = np.stack([e.image for e in examples])
-    if resolution != images.shape[1]:       # e.g. fine-tuning the released 256 px tokenizer
-        images = np.stack([data.resize_and_crop(Image.fromarray(i), resolution) for i in images])
-    return images, [e.caption for e in examples], [e.qa for e in examples], data.text_corpus(tc.train_scenes, tc.seed)
+    return (np.stack([e.image for e in examples]), [e.caption for e in examples], [e.qa for e in examples],
+            data.text_corpus(tc.train_scenes, tc.seed))
 
 
-def load_starting_point(args, run):
-    """(model, vq, text_tokenizer, extra) of the checkpoint to resume / fine-tune, or Nones."""
-    source = args.init or (args.out_dir / "tiny.pt" if args.resume else None)
-    if not source:
-        return None, None, None, {}
-    try:
-        return load_checkpoint(source, run.device)
-    except CheckpointError as error:
-        sys.exit(f"error: {error}")
-
-
-def train_tokenizers(args, tc, images, texts, run):
+def train_tokenizers(args, tc, images, texts, run, meter):
     """Stages 1-2: a BPE on the training texts, the LFQ tokenizer on the training pictures."""
     text_tokenizer = TextTokenizer.train(texts, tc.bpe_vocab_size, verbose=run.main)
     sample = texts[:2000]
     chars_per_token = sum(map(len, sample)) / sum(len(text_tokenizer.encode(t)) for t in sample)
     say(run, f"text tokenizer: {len(text_tokenizer)} ids, {chars_per_token:.1f} characters per token")
-    vq = train_image_tokenizer(tc, data.image_to_tensor(images), run)
+    vq = train_image_tokenizer(tc, images, run, meter)
     if not args.data_dir:
         q = report_image_tokenizer(vq, data.make_examples(300, seed=tc.seed + 1), run.device)
         say(run, f"image tokenizer: PSNR {q['psnr']:.1f} dB, objects read back from reconstructions "
@@ -484,48 +770,88 @@ def train_tokenizers(args, tc, images, texts, run):
     return text_tokenizer, vq
 
 
-def main(argv=None):
+def parse_args(argv):
     p = argparse.ArgumentParser(description="Train a small Show-o (tokenizers + transformer).")
     p.add_argument("--tiny", action="store_true", help="the ~10 minute CPU recipe (the default preset)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override any TrainConfig field, e.g. --set steps=800 --set vq_ch_mult=1,2,4")
+    p.add_argument("--seed", type=int, help="shorthand for --set seed=N")
+    p.add_argument("--steps", type=int, help="shorthand for --set steps=N (transformer steps)")
     p.add_argument("--out-dir", type=Path, default=Path("out"))
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--seed", type=int)
-    p.add_argument("--steps", type=int, help="transformer steps (overrides the preset)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/tiny.pt")
+    p.add_argument("--resume", action="store_true", help="continue OUT_DIR/PRESET.pt where it stopped")
     p.add_argument("--init", help="fine-tune from a converted checkpoint (python model.py convert)")
+    p.add_argument("--tokenizers-from", help="reuse the text and image tokenizers of this checkpoint")
     p.add_argument("--data-dir", help="folder of your own images with captions.jsonl")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out scores")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    # The preset is the recipe; --seed and --steps are the two knobs worth a flag.
-    tc = PRESETS["tiny" if args.tiny else args.preset]
-    tc = replace(tc, **{k: v for k, v in {"seed": args.seed, "steps": args.steps}.items() if v is not None})
+
+def recipe(args):
+    """(preset name, TrainConfig) from the preset and the overrides; ValueError when bad."""
+    preset = "tiny" if args.tiny else args.preset
+    shorthands = [f"{name}={value}" for name, value in (("seed", args.seed), ("steps", args.steps))
+                  if value is not None]
+    tc = override(PRESETS[preset], shorthands + args.set)
+    tc.check()
+    return preset, tc
+
+
+def check_arguments(args, path):
+    """Fail early, in one line, on options that cannot work together."""
+    if args.resume and (args.init or args.tokenizers_from):
+        raise ValueError("--resume continues a run as it was: drop --init / --tokenizers-from")
+    if args.resume and (args.set or args.seed is not None or args.steps is not None):
+        raise ValueError("--resume keeps the checkpoint's recipe (same schedule, same data): drop --set/--seed/--steps")
+    if args.resume and not path.exists():
+        raise ValueError(f"nothing to resume: {path} does not exist (start without --resume)")
+    if args.init and args.tokenizers_from:
+        raise ValueError("--init already brings its tokenizers: drop --tokenizers-from")
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        raise ValueError(f"--out-dir {args.out_dir} is a file: give a folder")
+
+
+def starting_point(args, preset, tc, path, run):
+    """(model or None, vq, text_tokenizer or None, Run state) for a fresh, resumed or reused start."""
+    if args.resume:
+        model, vq, text_tokenizer, extra = load_checkpoint(path, run.device)
+        return model, vq, text_tokenizer, Run.from_extra(extra)
+    state = Run(tc, preset, history=[], scores=[], meter=ComputeMeter())
+    source = args.init or args.tokenizers_from
+    if not source:
+        return None, None, None, state
+    model, vq, text_tokenizer, extra = load_checkpoint(source, run.device)
+    # The tokenizers' training compute is part of this run's cost.
+    reused = extra.get("compute", {})
+    for stage in ("text tokenizer", "image tokenizer"):
+        if stage in reused.get("flops", {}):
+            state.meter.flops[stage] = reused["flops"][stage]
+            state.meter.seconds[stage] = reused["seconds"].get(stage, 0.0)
+    return (model if args.init else None), vq, text_tokenizer, state
+
+
+def main(argv=None):
+    args = parse_args(argv)
     # Warnings (e.g. skipped unreadable images) as one plain line, not a source listing.
     warnings.formatwarning = lambda message, *_: f"warning: {message}\n"
     try:
-        device = pick_device(args.device)
-    except UsageError as error:
+        preset, tc = recipe(args)
+        path = args.out_dir / f"{preset}.pt"
+        check_arguments(args, path)
+        run = Distributed(pick_device(args.device))
+        model, vq, text_tokenizer, state = starting_point(args, preset, tc, path, run)
+        tc = state.tc
+        images, captions, qa, sentences = load_training_data(args.data_dir, tc)
+    except (ValueError, UsageError, CheckpointError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
-    run = Distributed(device)
     torch.manual_seed(tc.seed)
     started = time.time()
     args.out_dir.mkdir(parents=True, exist_ok=True)
 
-    model, vq, text_tokenizer, extra = load_starting_point(args, run)
-    resolution = vq.cfg.resolution if vq else data.IMAGE_SIZE
-    try:
-        images, captions, qa, sentences = load_training_data(args, tc, resolution)
-    except (FileNotFoundError, ValueError) as error:      # a bad --data-dir: say what to fix
-        sys.exit(f"error: {error}")
     if vq is None:
         questions = sorted({q for pairs in qa for q, _ in pairs})
-        text_tokenizer, vq = train_tokenizers(args, tc, images, sentences + questions, run)
-    start_step, optimizer_state = 0, None
-    if args.resume and model is not None:
-        state = extra.get("train_state", {})
-        start_step, optimizer_state = state.get("step", 0), state.get("optimizer")
-        say(run, f"resuming at step {start_step} of {tc.steps}")
+        text_tokenizer, vq = train_tokenizers(args, tc, images, sentences + questions, run, state.meter)
     if model is None:
         model = Showo(model_config(tc, text_tokenizer, vq))
     model = model.to(run.device).float()
@@ -533,37 +859,48 @@ def main(argv=None):
     say(run, f"transformer: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
              f"vocabulary {cfg.vocab_size} = {cfg.llm_vocab_size} text + 10 special + "
              f"{cfg.codebook_size} image + [MASK], {cfg.num_vq_tokens} image tokens per picture")
+    if state.step:
+        say(run, f"resuming at step {state.step} of {tc.steps}")
 
     # Stage 3 works on ids only: every picture is tokenized once, here, not per step.
-    codes = encode_all(vq, data.image_to_tensor(images), run.device)
+    codes = encode_all(vq, images, run.device)
     encode = text_tokenizer.encode
     # Answers are encoded with a leading space: GPT-2 style BPE spells " red" (the word
     # after a question) differently from "red" at the start of a text.
     batches = MixedBatches(cfg, tc, codes, [encode(c) for c in captions],
                            [[(encode(q), encode(" " + a)) for q, a in pairs] for pairs in qa],
-                           [encode(s) for s in sentences], seed=tc.seed + 1000 * run.rank)
-    optimizer_state, history = train_transformer(model, batches, tc, run, start_step, optimizer_state)
+                           [encode(s) for s in sentences], rank=run.rank)
+    scored = not args.no_eval and not args.data_dir
+
+    def checkpoint(state):
+        if run.main:
+            save(path, model, vq, text_tokenizer, state)
+
+    def evaluate_at(step):
+        if run.main and scored:
+            scores = evaluate(model, vq, text_tokenizer, tc, run.device)
+            state.scores.append({"step": step, "tflop": state.meter.total / 1e12, **scores})
+            tqdm.write(f"step {step}, {state.meter.total / 1e12:.1f} TFLOP: {format_scores(scores)}")
+
+    try:
+        train_transformer(model, batches, state, run, checkpoint, evaluate_at)
+    except KeyboardInterrupt:
+        say(run, f"\ninterrupted: step {state.step} of {tc.steps} saved in {path}; "
+                 f"continue with: python train.py --preset {preset} --out-dir {args.out_dir} --resume")
+        run.close()
+        sys.exit(130)
+    say(run, state.meter.report())
 
     # Only one process writes and scores; the others are done once training is.
     if run.main:
-        path = args.out_dir / "tiny.pt"
-        save_checkpoint(path, model, vq, text_tokenizer, extra={
-            "sampling": {"steps": tc.sample_steps, "guidance": tc.guidance},
-            "train_state": {"step": tc.steps, "optimizer": optimizer_state},
-            "train_config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(tc).items()},
-            "loss_history": history,
-        })
         gen = torch.Generator(run.device).manual_seed(tc.seed)
         sample_codes = generate_image_codes(model, [encode(p) for p in SAMPLE_PROMPTS], tc.sample_steps,
-                                            tc.guidance, generator=gen)
-        image_grid(data.tensor_to_image(vq.decode(sample_codes)), columns=4).save(args.out_dir / "samples.png")
+                                            tc.guidance, tc.sample_temperature, generator=gen)
+        image_grid(decode_all(vq, sample_codes), columns=4).save(args.out_dir / "samples.png")
         say(run, f"wrote {path} and {args.out_dir / 'samples.png'} ({time.time() - started:.0f} s so far)")
-        if not args.no_eval and not args.data_dir:
-            scores = evaluate(model, vq, text_tokenizer, tc, run.device)
-            say(run, "held-out scores: " + ", ".join(
-                f"{name} {value:.0%}" for name, value in [
-                    ("t2i match (one object)", scores["t2i_single"]), ("t2i match (two objects)", scores["t2i_two"]),
-                    ("VQA accuracy", scores["vqa"]), ("caption exact match", scores["caption"])]))
+        if scored:
+            evaluate_at(tc.steps)
+            checkpoint(state)
         say(run, f"done in {time.time() - started:.0f} s")
     run.close()
 

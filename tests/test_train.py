@@ -1,4 +1,4 @@
-"""Training: the mixed-batch layout, the objective falling, and two-process DDP."""
+"""Training: the mixed-batch layout, the objective falling, FLOP counting, resuming, DDP."""
 
 import os
 import subprocess
@@ -12,53 +12,106 @@ import torch
 
 import data
 import train
-from model import IGNORE, Showo, load_checkpoint, mtp_loss, ntp_loss
-from train import (PRESETS, Distributed, MixedBatches, learning_rate, mixed_loss, model_config,
-                   train_transformer)
+from attention import mmu_attention_mask
+from model import IGNORE, Showo, ShowoConfig, load_checkpoint, mtp_loss, ntp_loss
+from tokenizer import mmu_sequences
+from train import (PRESETS, ComputeMeter, Distributed, MixedBatches, MixedForward, Run, learning_rate,
+                   mixed_loss, model_config, train_transformer)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def micro_batches(micro, scenes=64, seed=0):
+def micro_batches(micro, scenes=64, seed=0, **changes):
     _, vq, text_tokenizer, _ = micro
-    tc = PRESETS["micro"]
+    tc = replace(PRESETS["micro"], seed=seed, **changes)
     examples = data.make_examples(scenes, seed=seed)
     codes = vq.encode(data.image_to_tensor(np.stack([e.image for e in examples])))
     cfg = model_config(tc, text_tokenizer, vq)
     enc = text_tokenizer.encode
-    return cfg, MixedBatches(cfg, tc, codes, [enc(e.caption) for e in examples],
-                             [[(enc(q), enc(" " + a)) for q, a in e.qa] for e in examples],
-                             [enc(e.caption) for e in examples], seed=seed)
+    return cfg, tc, MixedBatches(cfg, tc, codes, [enc(e.caption) for e in examples],
+                                 [[(enc(q), enc(" " + a)) for q, a in e.qa] for e in examples],
+                                 [enc(e.caption) for e in examples])
 
 
 def test_mixed_batch_layout_and_labels(micro):
-    cfg, batches = micro_batches(micro)
-    ids, labels, allowed, (n_t2i, n_lm, n_mmu) = batches.next()
-    tc = PRESETS["micro"]
-    assert (n_t2i, n_lm, n_mmu) == (tc.batch_t2i, tc.batch_lm, tc.batch_mmu)
-    assert ids.shape[0] == labels.shape[0] == allowed.shape[0] == n_t2i + n_lm + n_mmu
-    t2i_ids, t2i_labels = ids[:n_t2i], labels[:n_t2i]
+    text_tokenizer = micro[2]
+    cfg, tc, batches = micro_batches(micro)
+    parts = batches.batch(0)
+    assert {k: len(p) for k, p in parts.items()} == {"t2i": tc.batch_t2i, "mmu": tc.batch_mmu, "lm": tc.batch_lm}
+    t2i = parts["t2i"]
     # MTP labels sit exactly on [MASK] positions and hold image tokens.
-    assert torch.equal(t2i_labels != IGNORE, t2i_ids == cfg.mask_token_id)
-    assert ((t2i_labels[t2i_labels != IGNORE] >= cfg.image_offset)).all()
-    # NTP labels never cover padding or image tokens; every row still sees itself.
-    text_labels = labels[n_t2i:]
-    assert (text_labels[text_labels != IGNORE] < cfg.llm_vocab_size + 10).all()
-    assert allowed.diagonal(dim1=1, dim2=2).all()
+    assert torch.equal(t2i.labels != IGNORE, t2i.ids == cfg.mask_token_id)
+    assert (t2i.labels[t2i.labels != IGNORE] >= cfg.image_offset).all()
+    # NTP labels are text ids only: never [PAD], a special token or an image token.
+    for kind in ("mmu", "lm"):
+        labels = parts[kind].labels
+        assert (labels[labels != IGNORE] < cfg.llm_vocab_size).all(), kind
+    # An understanding row's labels spell exactly "question answer<|endoftext|>".
+    mmu = parts["mmu"]
+    texts = {text_tokenizer.decode(row[row != IGNORE]) for row in mmu.labels}
+    questions = {q for e in data.make_examples(64, seed=0) for q, _ in e.qa}
+    for text in texts:
+        assert text.endswith("<|endoftext|>") and any(text.startswith(q + " ") for q in questions), text
+    for part in parts.values():
+        assert part.allowed.diagonal(dim1=1, dim2=2).all()
+
+
+def test_answer_only_labels_skip_the_question(micro):
+    text_tokenizer = micro[2]
+    _, _, batches = micro_batches(micro, mmu_answer_only=True)
+    labels = batches.batch(0)["mmu"].labels
+    answers = {" " + a for e in data.make_examples(64, seed=0) for _, a in e.qa}
+    for row in labels:
+        assert text_tokenizer.decode(row[row != IGNORE]).removesuffix("<|endoftext|>") in answers
+
+
+def test_several_answers_per_picture_give_the_logits_of_separate_rows(micro):
+    """Packed segments (shared_picture_attention_mask) = one understanding row per question."""
+    model = micro[0]
+    cfg, _, batches = micro_batches(micro, mmu_questions=3, batch_mmu=2)
+    packed = batches.batch(0)["mmu"]
+    with torch.no_grad():
+        logits = model(packed.ids, packed.allowed, packed.positions)
+    prefix = cfg.num_vq_tokens + 3
+    checked = 0
+    for row in range(len(packed)):
+        ids = packed.ids[row]
+        segments = torch.cumsum((ids == cfg.bos_token_id) & (packed.positions[row] == prefix), 0)
+        for segment in range(1, int(segments.max()) + 1):
+            where = (segments == segment) & (ids != cfg.pad_id)
+            text = ids[where][1:].tolist()                                   # without BOS
+            alone, _ = mmu_sequences(ids[None, 2:prefix - 1], [text], cfg)
+            with torch.no_grad():
+                expected = model(alone, mmu_attention_mask(alone, cfg.pad_id, cfg.eoi_id))[0, prefix:]
+            assert torch.allclose(logits[row, where], expected, atol=1e-5), (row, segment)
+            checked += 1
+    assert checked >= 4
 
 
 def test_mixed_loss_equals_the_per_task_losses(micro):
-    cfg, batches = micro_batches(micro)
+    cfg, tc, batches = micro_batches(micro)
     model = Showo(cfg)
-    batch = batches.next()
-    ids, labels, allowed, (n_t2i, n_lm, _) = batch
-    _, parts = mixed_loss(model, batch, PRESETS["micro"], "cpu")
+    parts = batches.batch(0)
+    _, losses = mixed_loss(MixedForward(model), parts, tc, "cpu")
     with torch.no_grad():
-        logits = model(ids, allowed)
-    assert parts["t2i"] == pytest.approx(mtp_loss(logits[:n_t2i], labels[:n_t2i]).item(), rel=1e-5)
-    lm = slice(n_t2i, n_t2i + n_lm)
-    assert parts["lm"] == pytest.approx(ntp_loss(logits[lm], labels[lm]).item(), rel=1e-5)
-    assert parts["mmu"] == pytest.approx(ntp_loss(logits[n_t2i + n_lm:], labels[n_t2i + n_lm:]).item(), rel=1e-5)
+        logits = {kind: model(p.ids, p.allowed, p.positions) for kind, p in parts.items()}
+    assert losses["t2i"] == pytest.approx(mtp_loss(logits["t2i"], parts["t2i"].labels).item(), rel=1e-5)
+    for kind in ("mmu", "lm"):
+        assert losses[kind] == pytest.approx(ntp_loss(logits[kind], parts[kind].labels).item(), rel=1e-5)
+
+
+def test_a_recipe_without_plain_text_has_no_text_loss(micro):
+    cfg, tc, batches = micro_batches(micro, batch_lm=0)
+    parts = batches.batch(0)
+    total, losses = mixed_loss(MixedForward(Showo(cfg)), parts, tc, "cpu")
+    assert set(parts) == set(losses) == {"t2i", "mmu"} and torch.isfinite(total)
+
+
+def test_batches_depend_only_on_seed_and_step(micro):
+    _, _, batches = micro_batches(micro)
+    _, _, again = micro_batches(micro)
+    assert torch.equal(batches.batch(5)["t2i"].ids, again.batch(5)["t2i"].ids)
+    assert not torch.equal(batches.batch(5)["t2i"].ids, batches.batch(6)["t2i"].ids)
 
 
 def test_learning_rate_warms_up_then_decays():
@@ -69,24 +122,114 @@ def test_learning_rate_warms_up_then_decays():
 
 def test_training_loss_falls(micro):
     torch.manual_seed(0)
-    cfg, batches = micro_batches(micro)
+    cfg, tc, batches = micro_batches(micro)
     model = Showo(cfg)
-    tc = replace(PRESETS["micro"], steps=40, lr=3e-3, warmup=5)
-    _, history = train_transformer(model, batches, tc, Distributed("cpu"))
-    first = np.mean([sum(h.values()) for h in history[:5]])
-    last = np.mean([sum(h.values()) for h in history[-5:]])
+    state = Run(replace(tc, steps=40, lr=3e-3, warmup=5), "micro", history=[], scores=[], meter=ComputeMeter())
+    train_transformer(model, batches, state, Distributed("cpu"))
+    first = np.mean([sum(h.values()) for h in state.history[:5]])
+    last = np.mean([sum(h.values()) for h in state.history[-5:]])
     assert last < 0.7 * first, f"loss {first:.2f} -> {last:.2f}"
 
 
+# ---- counting the compute ----------------------------------------------------------------
+
+def test_flop_count_of_a_training_step_matches_a_hand_count():
+    """2 FLOPs per multiply-add; backward = 2x forward for the linears, 2.5x for attention."""
+    d, layers, vocab, batch, length = 16, 2, 40, 3, 10
+    cfg = ShowoConfig(llm_vocab_size=20, codebook_size=8, vocab_size=vocab, num_vq_tokens=4,
+                      hidden_size=d, num_layers=layers, num_heads=2, intermediate_size=4 * d)
+    model = Showo(cfg)
+    ids = torch.randint(20, (batch, length))
+    allowed = torch.ones(batch, length, length, dtype=torch.bool).tril()
+    meter = ComputeMeter()
+    with meter.count("step"):
+        model(ids, allowed).sum().backward()
+    tokens = batch * length
+    linear = tokens * 2 * (layers * (4 * d * d + 2 * d * 4 * d) + d * vocab)      # q k v out, fc1 fc2, head
+    attention = layers * 2 * 2 * batch * length * length * d                      # q k^T and weights v
+    assert meter.flops["step"] == 3 * linear + 3.5 * attention
+
+
+def test_compute_is_reported_and_stored(tmp_path):
+    train.main(["--preset", "micro", "--steps", "3", "--no-eval", "--out-dir", str(tmp_path)])
+    compute = load_checkpoint(tmp_path / "micro.pt")[3]["compute"]
+    assert set(compute["flops"]) == {"image tokenizer", "transformer"}
+    assert compute["total_flops"] == sum(compute["flops"].values()) > 0
+    assert all(compute["seconds"][stage] > 0 for stage in compute["flops"])
+
+
+# ---- the command line ---------------------------------------------------------------------
+
+def main_error(*args):
+    """The one line train.main exits with."""
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--preset", "micro", *map(str, args)])
+    message = str(stop.value.code)
+    assert message.startswith("error:") and "\n" not in message, message
+    return message
+
+
 def test_bad_input_is_one_clear_line(tmp_path):
-    def message(*args):
-        with pytest.raises(SystemExit) as stop:
-            train.main(["--preset", "micro", "--out-dir", str(tmp_path), *args])
-        return str(stop.value.code)
-    assert "expected a folder of images" in message("--data-dir", str(tmp_path / "missing"))
-    assert "not found" in message("--init", str(tmp_path / "missing.pt"))
+    out = ["--out-dir", tmp_path]
+    assert "expected a folder of images" in main_error(*out, "--data-dir", tmp_path / "missing")
+    assert "not found" in main_error(*out, "--init", tmp_path / "missing.pt")
+    assert "steps = 0: must be at least 1" in main_error(*out, "--set", "steps=0")
+    assert "batch_lm = -1: must not be negative" in main_error(*out, "--set", "batch_lm=-1")
+    assert "expected float" in main_error(*out, "--set", "lr=fast")
+    assert "NAME one of" in main_error(*out, "--set", "learning_rate=1")
+    assert "nothing to resume" in main_error(*out, "--resume")
+    (tmp_path / "file").write_text("")
+    assert "is a file" in main_error("--out-dir", tmp_path / "file")
     if not torch.cuda.is_available():
-        assert "no CUDA GPU" in message("--device", "cuda")
+        assert "no CUDA GPU" in main_error(*out, "--device", "cuda")
+
+
+def test_set_reads_each_field_as_its_type():
+    tc = train.override(PRESETS["micro"], ["steps=7", "lr=0.5", "vq_ch_mult=1,2", "mmu_answer_only=true"])
+    assert (tc.steps, tc.lr, tc.vq_ch_mult, tc.mmu_answer_only) == (7, 0.5, (1, 2), True)
+
+
+# ---- saving, resuming, reusing --------------------------------------------------------------
+
+def test_interrupted_and_resumed_run_equals_a_straight_run(tmp_path, monkeypatch):
+    recipe = ["--preset", "micro", "--set", "steps=8", "--set", "save_every=3", "--no-eval"]
+    train.main([*recipe, "--out-dir", str(tmp_path / "straight")])
+
+    real_batch = MixedBatches.batch
+
+    def ctrl_c_at_step_5(self, step):
+        if step == 5:
+            raise KeyboardInterrupt
+        return real_batch(self, step)
+
+    monkeypatch.setattr(MixedBatches, "batch", ctrl_c_at_step_5)
+    with pytest.raises(SystemExit):
+        train.main([*recipe, "--out-dir", str(tmp_path / "resumed")])
+    stopped = load_checkpoint(tmp_path / "resumed" / "micro.pt")[3]
+    assert stopped["train_state"]["step"] == 5 and len(stopped["loss_history"]) == 5
+    monkeypatch.setattr(MixedBatches, "batch", real_batch)
+    train.main(["--preset", "micro", "--resume", "--no-eval", "--out-dir", str(tmp_path / "resumed")])
+
+    straight, resumed = (load_checkpoint(tmp_path / name / "micro.pt") for name in ("straight", "resumed"))
+    for a, b in zip(straight[0].state_dict().values(), resumed[0].state_dict().values()):
+        assert torch.equal(a, b)
+    assert straight[3]["loss_history"] == resumed[3]["loss_history"]
+    assert not list((tmp_path / "resumed").glob("*.tmp"))
+
+
+def test_tokenizers_from_and_init_reuse_a_checkpoint(tmp_path):
+    train.main(["--preset", "micro", "--steps", "2", "--no-eval", "--out-dir", str(tmp_path / "first")])
+    first = load_checkpoint(tmp_path / "first" / "micro.pt")
+    train.main(["--preset", "micro", "--steps", "2", "--no-eval", "--out-dir", str(tmp_path / "second"),
+                "--tokenizers-from", str(tmp_path / "first" / "micro.pt")])
+    second = load_checkpoint(tmp_path / "second" / "micro.pt")
+    assert all(torch.equal(a, b) for a, b in zip(first[1].state_dict().values(), second[1].state_dict().values()))
+    assert second[3]["compute"]["flops"]["image tokenizer"] == first[3]["compute"]["flops"]["image tokenizer"]
+    train.main(["--preset", "micro", "--steps", "2", "--no-eval", "--out-dir", str(tmp_path / "third"),
+                "--init", str(tmp_path / "first" / "micro.pt")])
+    third = load_checkpoint(tmp_path / "third" / "micro.pt")
+    changed = [not torch.equal(a, b) for a, b in zip(first[0].state_dict().values(), third[0].state_dict().values())]
+    assert any(changed) and third[0].cfg == first[0].cfg
 
 
 @pytest.mark.ddp
@@ -97,7 +240,7 @@ def test_two_process_ddp_on_gloo(tmp_path):
                             capture_output=True, text=True, timeout=240, cwd=ROOT,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
-    model, _, _, extra = load_checkpoint(tmp_path / "tiny.pt")
+    model, _, _, extra = load_checkpoint(tmp_path / "micro.pt")
     history = extra["loss_history"]
     assert len(history) == 6 and all(np.isfinite(list(h.values())).all() for h in history)
     assert result.stdout.count("wrote") == 1          # only rank 0 writes
