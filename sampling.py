@@ -42,7 +42,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from attention import mmu_attention_mask, t2i_attention_mask
-from model import CheckpointError, decode_text, load_checkpoint
+from checkpoint import CheckpointError, load_checkpoint
+from model import decode_text
 from data import image_to_tensor, resize_and_crop, tensor_to_image
 from tokenizer import mmu_sequences, t2i_sequences
 
@@ -183,6 +184,14 @@ class CachedPromptT2I(FullRecomputeT2I):
         return self.guided(logits)
 
 
+def check_image_codes(codes, cfg):
+    """A picture's codes must form the grid the transformer was trained on."""
+    if codes.dim() != 2 or codes.shape[1] != cfg.num_vq_tokens:
+        side = math.isqrt(cfg.num_vq_tokens)
+        raise ValueError(f"the picture was tokenized to {tuple(codes.shape[1:])} codes, but this model reads "
+                         f"{cfg.num_vq_tokens} ({side}x{side}): tokenize it at the checkpoint's resolution")
+
+
 @torch.no_grad()
 def generate_image_codes(model, captions_ids, steps=DEFAULT_STEPS, guidance=DEFAULT_GUIDANCE,
                          temperature=1.0, generator=None, known_codes=None, progress=False,
@@ -194,8 +203,12 @@ def generate_image_codes(model, captions_ids, steps=DEFAULT_STEPS, guidance=DEFA
     FullRecomputeT2I instead of CachedPromptT2I (same codes, slower).
     """
     cfg = model.cfg
+    if steps < 1:
+        raise ValueError(f"steps = {steps}: MaskGIT needs at least one step")
     device = next(model.parameters()).device
     shape = (len(captions_ids), cfg.num_vq_tokens)
+    if known_codes is not None:
+        check_image_codes(known_codes, cfg)
     tokens = torch.full(shape, cfg.mask_token_id, device=device)
     if known_codes is not None:
         known_codes = known_codes.to(device)
@@ -309,6 +322,7 @@ def answer_questions(model, image_codes, questions_ids, max_new_tokens=32, tempe
     using the KV cache (same answers, slower).
     """
     cfg = model.cfg
+    check_image_codes(image_codes, cfg)
     padded, lengths = mmu_sequences(image_codes + cfg.image_offset, questions_ids, cfg)
     rows = [row[:n] for row, n in zip(padded.tolist(), lengths)]
     ids = left_pad(rows, cfg.pad_id).to(image_codes.device)
@@ -351,8 +365,22 @@ def image_grid(images, columns=None, scale=4):
 
 
 # ----------------------------------------------------------------------------------------
-# 5. The command line
+# 5. The command line: one plain function per task
 # ----------------------------------------------------------------------------------------
+
+TASKS = ("t2i", "inpainting", "extrapolation")
+
+
+def recommended_settings(extra, task):
+    """(steps, guidance, temperature) that a checkpoint recommends for a picture task.
+
+    train.py stores the settings its scores were measured with; checkpoint.py convert
+    stores the authors' published ones, which differ by task and resolution.
+    """
+    chosen = extra.get("sampling", {}).get(task, {})
+    return (chosen.get("steps", DEFAULT_STEPS), chosen.get("guidance", DEFAULT_GUIDANCE),
+            chosen.get("temperature", 1.0))
+
 
 def encode_prompt(text_tokenizer, cfg, text):
     """Caption ids, or a clear error when it would not fit the model's text slots."""
@@ -372,72 +400,138 @@ def pick_device(name):
     return name
 
 
-def run(args):
-    device = pick_device(args.device)
-    dtype = torch.bfloat16 if device == "cuda" else None
-    model, vq, text_tokenizer, extra = load_checkpoint(args.ckpt, device, dtype)
-    cfg, res, grid = model.cfg, vq.cfg.resolution, vq.cfg.grid_size
-    recommended = extra.get("sampling", {})
-    steps = args.steps or recommended.get("steps", DEFAULT_STEPS)
-    guidance = args.guidance if args.guidance is not None else recommended.get("guidance", DEFAULT_GUIDANCE)
-    generator = torch.Generator(device).manual_seed(args.seed)
+class Session:
+    """A loaded checkpoint and the settings of one command: what every task below needs."""
 
-    def encode_image(path):
-        return vq.encode(image_to_tensor(read_image(path, res)[None]).to(device))
+    def __init__(self, args):
+        self.args = args
+        self.device = pick_device(args.device)
+        dtype = torch.bfloat16 if self.device == "cuda" else None
+        self.model, self.vq, self.text_tokenizer, self.extra = load_checkpoint(args.ckpt, self.device, dtype)
+        self.generator = torch.Generator(self.device).manual_seed(args.seed)
 
-    def paint(prompts, known=None, progress=True):
-        captions = [encode_prompt(text_tokenizer, cfg, p) for p in prompts]
-        codes = generate_image_codes(model, captions, steps, guidance, args.temperature, generator,
-                                     known, progress, naive=args.naive)
-        return tensor_to_image(vq.decode(codes))
+    def encode_image(self, path):
+        """An image file -> (1, N) codes, read at the size the image tokenizer works at."""
+        picture = read_image(path, self.vq.cfg.resolution)
+        return self.vq.encode(image_to_tensor(picture[None]).to(self.device))
 
-    if args.question:
-        if not args.image:
-            raise UsageError("--question needs --image")
-        question = encode_prompt(text_tokenizer, cfg, args.question)
-        [answer] = answer_questions(model, encode_image(args.image), [question], args.max_new_tokens,
-                                    args.temperature if args.top_k or args.sample else 0.0,
-                                    args.top_k, generator, naive=args.naive)
-        print(text_tokenizer.decode(answer).strip())
-        return
+    def paint(self, task, prompts, known=None):
+        """Draw pictures for `prompts` (uint8 (B, H, W, 3)), with this task's settings."""
+        steps, guidance, temperature = recommended_settings(self.extra, task)
+        args = self.args
+        steps = steps if args.steps is None else args.steps
+        guidance = guidance if args.guidance is None else args.guidance
+        temperature = temperature if args.temperature is None else args.temperature
+        captions = [encode_prompt(self.text_tokenizer, self.model.cfg, p) for p in prompts]
+        codes = generate_image_codes(self.model, captions, steps, guidance, temperature, self.generator,
+                                     known, progress=True, naive=args.naive)
+        return tensor_to_image(self.vq.decode(codes))
 
+
+def draw(session, prompts):
+    """Text-to-image: one picture per prompt."""
+    return session.paint("t2i", prompts)
+
+
+def inpaint(session, image_path, mask_path, prompt):
+    """Repaint the white part of the mask, keeping the rest of the picture's tokens."""
+    codes = session.encode_image(image_path)
+    mask = torch.as_tensor(read_image(mask_path, session.vq.cfg.resolution)[..., 0] > 127)
+    codes[:, mask_to_grid(mask, session.vq.cfg.grid_size).to(session.device)] = -1
+    return session.paint("inpainting", [prompt], codes)[0]
+
+
+def extend(session, image_path, direction, prompt):
+    """Extrapolate: the picture grown by half its side towards `direction`."""
+    codes = shift_codes(session.encode_image(image_path), direction, session.vq.cfg.grid_size)
+    canvas = session.paint("extrapolation", [prompt], codes)[0]
+    return stitch_extension(read_image(image_path, session.vq.cfg.resolution), canvas, direction)
+
+
+def ask(session, image_path, question):
+    """Answer a question about a picture, phrased with the checkpoint's question template."""
+    args = session.args
+    template = session.extra.get("question_template", "{question}")
+    question_ids = encode_prompt(session.text_tokenizer, session.model.cfg, template.format(question=question))
+    temperature = (1.0 if args.temperature is None else args.temperature) if args.top_k or args.sample else 0.0
+    [answer] = answer_questions(session.model, session.encode_image(image_path), [question_ids],
+                                args.max_new_tokens, temperature, args.top_k, session.generator, naive=args.naive)
+    return session.text_tokenizer.decode(answer).strip()
+
+
+def check_output(path, suffixes=(".png", ".jpg", ".jpeg", ".webp", ".bmp")):
+    """Refuse an output path that cannot be written, before any work is done."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise UsageError(f"--out {path}: give a file name ending in {' or '.join(suffixes)}")
+    if not path.parent.is_dir():
+        raise UsageError(f"--out {path}: folder {path.parent} does not exist; create it first")
+    return path
+
+
+def check_arguments(args):
+    """Every option checked, each with a one-line message, before the checkpoint is loaded."""
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps {args.steps}: give at least 1 MaskGIT step")
+    if args.temperature is not None and args.temperature < 0:
+        raise UsageError(f"--temperature {args.temperature}: must not be negative")
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens {args.max_new_tokens}: give at least 1")
+    if args.question and not args.image:
+        raise UsageError("--question needs --image")
+    if (args.mask or args.extend) and not args.image:
+        raise UsageError("--mask and --extend need --image")
+    if args.image and not (args.mask or args.extend or args.question):
+        raise UsageError("--image needs --mask (inpainting), --extend (extrapolation) or --question")
+    if args.mask and args.extend:
+        raise UsageError("give --mask or --extend, not both")
+    if args.out_dir and Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        raise UsageError(f"--out-dir {args.out_dir} is a file: give a folder")
+    for path in (args.image, args.mask, args.prompts_file):
+        if path and not Path(path).is_file():
+            raise UsageError(f"{path} not found")
+
+
+def prompts_of(args):
     prompts = list(args.prompt or [])
     if args.prompts_file:
         prompts += [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
     if not prompts:
         raise UsageError("nothing to do: give --prompt TEXT, --prompts-file FILE, or --image with --question")
+    return prompts
 
-    if args.image and (args.mask or args.extend):
-        codes = encode_image(args.image)
-        if args.mask:
-            mask = torch.as_tensor(read_image(args.mask, res)[..., 0] > 127)
-            codes[:, mask_to_grid(mask, grid).to(device)] = -1
-            [picture] = paint(prompts[:1], codes)
-        else:
-            [canvas] = paint(prompts[:1], shift_codes(codes, args.extend, grid))
-            picture = stitch_extension(read_image(args.image, res), canvas, args.extend)
-        out = Path(args.out or "edited.png")
+
+def run(args):
+    """Check everything, load the checkpoint, then do the one task the options ask for."""
+    check_arguments(args)
+    if args.question:
+        print(ask(Session(args), args.image, args.question))
+        return
+    prompts = prompts_of(args)
+    if args.image:
+        out = check_output(args.out or "edited.png")
+        session = Session(args)
+        picture = (inpaint(session, args.image, args.mask, prompts[0]) if args.mask
+                   else extend(session, args.image, args.extend, prompts[0]))
         Image.fromarray(picture).save(out)
         print(f"wrote {out}")
-        return
-
-    pictures = paint(prompts)
-    if len(prompts) == 1 and not args.out_dir:
-        out = Path(args.out or "sample.png")
-        Image.fromarray(pictures[0]).save(out)
+    elif len(prompts) == 1 and not args.out_dir:
+        out = check_output(args.out or "sample.png")
+        Image.fromarray(draw(Session(args), prompts)[0]).save(out)
         print(f"wrote {out}")
-        return
-    out_dir = Path(args.out_dir or "samples")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for i, picture in enumerate(pictures):
-        Image.fromarray(picture).save(out_dir / f"{i:03d}.png")
-    image_grid(pictures).save(out_dir / "grid.png")
-    print(f"wrote {len(pictures)} images and grid.png to {out_dir}")
+    else:
+        out_dir = Path(args.out_dir or "samples")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        pictures = draw(Session(args), prompts)
+        for i, picture in enumerate(pictures):
+            Image.fromarray(picture).save(out_dir / f"{i:03d}.png")
+        image_grid(pictures).save(out_dir / "grid.png")
+        print(f"wrote {len(pictures)} images and grid.png to {out_dir}")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Generate images or answers with a Show-o checkpoint.")
-    p.add_argument("--ckpt", required=True, help="single-file checkpoint (train.py or model.py convert)")
+    p.add_argument("--ckpt", required=True, help="single-file checkpoint (train.py or checkpoint.py convert)")
     p.add_argument("--prompt", action="append", help="caption to draw (repeatable)")
     p.add_argument("--prompts-file", help="file with one caption per line")
     p.add_argument("--out", help="output PNG for a single image")
@@ -446,10 +540,13 @@ def main(argv=None):
     p.add_argument("--mask", help="inpainting mask image: white = repaint")
     p.add_argument("--extend", choices=["left", "right", "up", "down"], help="extrapolate the image")
     p.add_argument("--question", help="ask about --image (prints the answer)")
-    p.add_argument("--steps", type=int, help=f"MaskGIT steps (default: checkpoint's, else {DEFAULT_STEPS})")
-    p.add_argument("--guidance", type=float, help=f"guidance scale w (default: checkpoint's, else {DEFAULT_GUIDANCE})")
-    p.add_argument("--temperature", type=float, default=1.0,
-                   help="t2i: noise on the re-masking choice; answers: sampling temperature")
+    p.add_argument("--steps", type=int, help=f"MaskGIT steps (default: the checkpoint's for the task, "
+                                             f"else {DEFAULT_STEPS})")
+    p.add_argument("--guidance", type=float, help=f"guidance scale w (default: the checkpoint's for the task, "
+                                                  f"else {DEFAULT_GUIDANCE})")
+    p.add_argument("--temperature", type=float,
+                   help="pictures: noise on the re-masking choice (default: the checkpoint's, else 1); "
+                        "answers: sampling temperature with --sample or --top-k (default 1)")
     p.add_argument("--top-k", type=int, help="answers: sample from the k most likely tokens")
     p.add_argument("--sample", action="store_true", help="answers: sample instead of greedy")
     p.add_argument("--max-new-tokens", type=int, default=32)

@@ -790,27 +790,6 @@ class ImageTokenizer(nn.Module):
         return self.decoder(self.quantize.codes_to_vectors(codes, grid))
 
 
-def load_released_image_tokenizer(directory):
-    """The released MAGVIT-v2 (`showlab/magvitv2`) or a folder in its layout.
-
-    Its config.json names no sizes (the reference builds the full-size default); a
-    folder that lists sizes (like the test fixture) is read as it says.
-    """
-    from model import load_state, read_json, read_weights
-
-    raw = read_json(Path(directory) / "config.json")
-    sizes = {"resolution": raw.get("resolution"), "z_channels": raw.get("z_channels")}
-    for part in ("encoder", "decoder"):
-        section = raw.get(part, {})
-        sizes[f"{part}_ch"] = section.get("ch")
-        sizes[f"{part}_ch_mult"] = section.get("ch_mult")
-        sizes[f"{part}_res_blocks"] = section.get("num_res_blocks")
-    cfg = ImageTokenizerConfig.from_dict({k: v for k, v in sizes.items() if v is not None})
-    vq = ImageTokenizer(cfg)
-    load_state(vq, read_weights(directory), directory)
-    return vq.eval()
-
-
 # ========================================================================================
 # Part 3: unified prompting (Show-o §3.1, "Unified Prompting")
 # ========================================================================================

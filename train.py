@@ -44,8 +44,9 @@ from tqdm import tqdm
 
 import data
 from attention import lm_attention_mask, shared_picture_attention_mask, t2i_attention_mask
-from model import IGNORE, SPECIAL_TOKENS, CheckpointError, Showo, ShowoConfig, load_checkpoint, save_checkpoint
-from sampling import UsageError, answer_questions, generate_image_codes, image_grid, pick_device
+from checkpoint import CheckpointError, load_checkpoint, materialize, save_checkpoint
+from model import IGNORE, SPECIAL_TOKENS, Showo, ShowoConfig
+from sampling import TASKS, UsageError, answer_questions, generate_image_codes, image_grid, pick_device
 from tokenizer import ImageTokenizer, ImageTokenizerConfig, TextTokenizer, lm_sequences, t2i_sequences
 
 
@@ -576,8 +577,9 @@ class Run:
     meter: ComputeMeter = None
 
     def extra(self):
-        return {"sampling": {"steps": self.tc.sample_steps, "guidance": self.tc.guidance,
-                             "temperature": self.tc.sample_temperature},
+        settings = {"steps": self.tc.sample_steps, "guidance": self.tc.guidance,
+                    "temperature": self.tc.sample_temperature}
+        return {"sampling": {task: settings for task in TASKS}, "question_template": "{question}",
                 "preset": self.preset, "train_config": config_to_dict(self.tc),
                 "train_state": {"step": self.step, "optimizer": self.optimizer},
                 "loss_history": self.history, "scores": self.scores, "compute": self.meter.to_dict()}
@@ -586,7 +588,7 @@ class Run:
     def from_extra(cls, extra):
         state, compute = extra["train_state"], extra.get("compute", {})
         return cls(config_from_dict(extra["train_config"]), extra.get("preset", "tiny"), state["step"],
-                   state["optimizer"], list(extra.get("loss_history", [])), list(extra.get("scores", [])),
+                   materialize(state["optimizer"]), list(extra.get("loss_history", [])), list(extra.get("scores", [])),
                    ComputeMeter(compute.get("flops"), compute.get("seconds")))
 
 

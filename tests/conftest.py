@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import data
-from model import Showo, save_checkpoint
+from checkpoint import save_checkpoint
+from model import Showo
 from tokenizer import ImageTokenizer, TextTokenizer
 from train import PRESETS, image_tokenizer_config, model_config
 

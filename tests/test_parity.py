@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from attention import lm_attention_mask, mmu_attention_mask, t2i_attention_mask
-from model import load_checkpoint, load_released_showo, main
+from checkpoint import load_checkpoint, load_released_image_tokenizer, load_released_showo, main
 from sampling import mask_schedule
-from tokenizer import TextTokenizer, load_released_image_tokenizer
+from tokenizer import TextTokenizer
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "official_tiny"
 TOLERANCE = 1e-4

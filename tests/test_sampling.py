@@ -9,7 +9,7 @@ from PIL import Image
 
 import sampling
 from attention import t2i_attention_mask
-from model import load_checkpoint
+from checkpoint import load_checkpoint
 from sampling import (FullRecomputeT2I, generate_image_codes, guide, mask_schedule, maskgit_step,
                       shift_codes, stitch_extension)
 from tokenizer import t2i_sequences

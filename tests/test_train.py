@@ -13,7 +13,8 @@ import torch
 import data
 import train
 from attention import mmu_attention_mask
-from model import IGNORE, Showo, ShowoConfig, load_checkpoint, mtp_loss, ntp_loss
+from checkpoint import load_checkpoint
+from model import IGNORE, Showo, ShowoConfig, mtp_loss, ntp_loss
 from tokenizer import mmu_sequences
 from train import (PRESETS, ComputeMeter, Distributed, MixedBatches, MixedForward, Run, learning_rate,
                    mixed_loss, model_config, train_transformer)

@@ -1,0 +1,511 @@
+"""File formats: the released downloads, and this project's one-file checkpoint.
+
+Show-o's weights come as three downloads (docs/checkpoints.md has the full layout):
+
+* `showlab/show-o` (or `show-o-512x512`): config.json (the vocabulary) and the
+  transformer's weights in `pytorch_model.bin` (a torch pickle) or `*.safetensors`,
+  possibly sharded with an `*.index.json`;
+* `showlab/magvitv2`: the image tokenizer, config.json and `*.safetensors`;
+* `microsoft/phi-1_5`: config.json (the transformer's sizes) and the BPE files.
+
+This file reads all of them and writes ONE file, the checkpoint that train.py writes and
+sampling.py reads. In order:
+
+1. `StoredTensor` and the two weight-file readers (safetensors and torch's zip pickle),
+   both lazy: a tensor's bytes are read only when it is needed, one tensor at a time, so
+   loading never holds two copies of the weights;
+2. `SHOWO_KEY_TABLE`, the one visible table from the released key names to ours;
+3. reading released folders (`load_released_showo`, `load_released_image_tokenizer`);
+4. the one-file checkpoint (`save_checkpoint`, `load_checkpoint`) and
+   `python checkpoint.py convert ...`, with what the authors' own inference uses:
+   their question template and their sampling settings for each task.
+
+Read first: model.py and tokenizer.py (the networks these weights fill).
+Read next: bench.py (its `loading` section times and measures all of this at full size).
+"""
+
+import argparse
+import json
+import os
+import pickle
+import re
+import struct
+import sys
+import zipfile
+from collections import OrderedDict
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from model import Showo, ShowoConfig
+from tokenizer import ImageTokenizer, ImageTokenizerConfig, TextTokenizer
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be loaded; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------------------
+# 1. Weight files, read one tensor at a time
+# ----------------------------------------------------------------------------------------
+
+class StoredTensor:
+    """A tensor still on disk: its shape and dtype, and `load()` to read its bytes."""
+
+    def __init__(self, path, shape, dtype, read):
+        self.path, self.shape, self.dtype, self._read = path, torch.Size(shape), dtype, read
+
+    def load(self, dtype=None, device="cpu"):
+        """Read the tensor, then cast / move it (its file bytes are released right after)."""
+        tensor = self._read()
+        return tensor.to(device=device, dtype=dtype or tensor.dtype)
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+def _read_bytes(path, offset, size):
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return bytearray(f.read(size))
+
+
+def read_safetensors(path):
+    """The tensors of a .safetensors file, as StoredTensors. The format is tiny:
+
+    [8 bytes: little-endian header length n][n bytes: JSON header][raw tensor bytes]
+    The header maps each name to {dtype, shape, data_offsets: [begin, end]}, offsets
+    counted from the end of the header.
+    """
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        dtype, shape = _SAFETENSORS_DTYPES[info["dtype"]], info["shape"]
+
+        def read(begin=begin, end=end, dtype=dtype, shape=shape):
+            raw = _read_bytes(path, 8 + header_len + begin, end - begin)
+            return torch.frombuffer(raw, dtype=dtype).reshape(shape) if raw else torch.empty(shape, dtype=dtype)
+        tensors[name] = StoredTensor(path, shape, dtype, read)
+    return tensors
+
+
+def write_safetensors(path, tensors):
+    """The inverse of read_safetensors (tensors are written contiguous, in name order)."""
+    names = {dtype: name for name, dtype in _SAFETENSORS_DTYPES.items()}
+    header, offset = {}, 0
+    for name, tensor in tensors.items():
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": names[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)) + encoded)
+        for tensor in tensors.values():
+            f.write(tensor.contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+
+
+# torch.save writes a zip: `NAME/data.pkl` is a pickle of the saved object in which every
+# tensor is a call  torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)
+# and every storage a "persistent id" ('storage', torch.FloatStorage, key, device, numel)
+# whose bytes are the zip member `NAME/data/KEY`. torch.load reads all of them at once;
+# the unpickler below builds StoredTensors instead, and only for these few known names
+# (any other global in the pickle is refused, as torch.load(weights_only=True) does).
+_STORAGE_DTYPES = {
+    "DoubleStorage": torch.float64, "FloatStorage": torch.float32, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+}
+
+
+class _LazyUnpickler(pickle.Unpickler):
+    def __init__(self, archive, prefix, path):
+        super().__init__(archive.open(f"{prefix}data.pkl"))
+        self.archive, self.prefix, self.path = archive, prefix, path
+
+    def find_class(self, module, name):
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return self.stored_tensor
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a weights file")
+
+    def persistent_load(self, persistent_id):
+        _, dtype, key, _, numel = persistent_id                  # ('storage', dtype, key, device, numel)
+        return dtype, key, numel
+
+    def stored_tensor(self, storage, offset, size, stride, *unused):
+        dtype, key, numel = storage
+        member = self.archive.getinfo(f"{self.prefix}data/{key}")
+
+        def read():
+            with zipfile.ZipFile(self.path) as archive:
+                raw = bytearray(archive.read(member))
+            return torch.frombuffer(raw, dtype=dtype).as_strided(size, stride, offset) if numel else \
+                torch.empty(size, dtype=dtype)
+        return StoredTensor(self.path, size, dtype, read)
+
+
+def read_torch_file(path):
+    """What torch.save wrote to `path`, with every tensor left on disk as a StoredTensor."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [name for name in archive.namelist() if name.endswith("data.pkl")]
+            if not pickles:
+                raise zipfile.BadZipFile
+            return _LazyUnpickler(archive, pickles[0][:-len("data.pkl")], path).load()
+    except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError) as error:
+        raise CheckpointError(f"{path} is not a readable torch checkpoint ({error.__class__.__name__}): "
+                              f"save it again with torch.save") from None
+
+
+def materialize(value):
+    """A loaded object with every StoredTensor read into memory (for small parts, e.g. optimizer state)."""
+    if isinstance(value, StoredTensor):
+        return value.load()
+    if isinstance(value, dict):
+        return {k: materialize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(materialize(v) for v in value)
+    return value
+
+
+def read_weights(directory):
+    """All tensors of a released checkpoint directory, as StoredTensors, whatever the layout.
+
+    Accepted: pytorch_model.bin; model.safetensors / any *.safetensors; and sharded
+    variants described by a *.index.json ({"weight_map": {name: shard file}}).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory {directory} not found: pass the folder "
+                              f"downloaded with huggingface-cli")
+    index = sorted(directory.glob("*.index.json"))
+    if index:
+        shard_names = sorted(set(json.loads(index[0].read_text())["weight_map"].values()))
+        files = [directory / name for name in shard_names]
+    else:
+        files = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
+    if not files:
+        raise CheckpointError(f"no weights in {directory}: expected pytorch_model.bin or "
+                              f"*.safetensors (with an *.index.json when sharded)")
+    state = {}
+    for file in files:
+        if not file.exists():
+            raise CheckpointError(f"shard {file.name} named in the index is missing from {directory}")
+        state.update(read_safetensors(file) if file.suffix == ".safetensors" else read_torch_file(file))
+    return state
+
+
+def read_json(path):
+    """A JSON file as a dict, or {} when it does not exist."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+# ----------------------------------------------------------------------------------------
+# 2. Released key names -> ours
+# ----------------------------------------------------------------------------------------
+
+# Released Show-o key (left) -> our parameter name (right). {i} is the layer number.
+# This table is the whole translation; everything else is reading files. (The image
+# tokenizer needs none: tokenizer.py names its layers as the release does.)
+SHOWO_KEY_TABLE = [
+    ("showo.model.embed_tokens.weight",                   "embed.weight"),
+    ("showo.model.layers.{i}.input_layernorm.{p}",         "blocks.{i}.norm.{p}"),
+    ("showo.model.layers.{i}.self_attn.q_proj.{p}",        "blocks.{i}.attn.q.{p}"),
+    ("showo.model.layers.{i}.self_attn.k_proj.{p}",        "blocks.{i}.attn.k.{p}"),
+    ("showo.model.layers.{i}.self_attn.v_proj.{p}",        "blocks.{i}.attn.v.{p}"),
+    ("showo.model.layers.{i}.self_attn.q_layernorm.{p}",   "blocks.{i}.attn.q_norm.{p}"),
+    ("showo.model.layers.{i}.self_attn.k_layernorm.{p}",   "blocks.{i}.attn.k_norm.{p}"),
+    ("showo.model.layers.{i}.self_attn.dense.{p}",         "blocks.{i}.attn.out.{p}"),
+    ("showo.model.layers.{i}.mlp.fc1.{p}",                 "blocks.{i}.mlp.fc1.{p}"),
+    ("showo.model.layers.{i}.mlp.fc2.{p}",                 "blocks.{i}.mlp.fc2.{p}"),
+    ("showo.model.final_layernorm.{p}",                    "norm_f.{p}"),
+    ("showo.lm_head.{p}",                                  "lm_head.{p}"),
+]
+
+
+def _template_regex(template):
+    """'a.{i}.b.{p}' -> regex with named groups i (digits) and p (weight|bias)."""
+    pattern = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)")
+    return re.compile(pattern + "$")
+
+
+def rename_keys(state_dict, table):
+    """Rename every key through `table`'s (from, to) templates; keys no row matches come back apart."""
+    rules = [(_template_regex(source), target) for source, target in table]
+    renamed, unmatched = {}, []
+    for key, tensor in state_dict.items():
+        for regex, target in rules:
+            match = regex.match(key)
+            if match:
+                renamed[target.format(**match.groupdict())] = tensor
+                break
+        else:
+            unmatched.append(key)
+    return renamed, unmatched
+
+
+def rename_released_keys(state_dict):
+    """Released Show-o names -> ours."""
+    return rename_keys(state_dict, SHOWO_KEY_TABLE)
+
+
+def released_key_names(state_dict):
+    """Ours -> released Show-o names: the same table, read right to left."""
+    return rename_keys(state_dict, [(ours, theirs) for theirs, ours in SHOWO_KEY_TABLE])
+
+
+# ----------------------------------------------------------------------------------------
+# 3. Filling our networks from stored tensors
+# ----------------------------------------------------------------------------------------
+
+def build_empty(module_class, cfg):
+    """A network of the right shapes with no memory behind it (PyTorch's 'meta' device).
+
+    Building on the meta device allocates nothing and skips the random initialisation;
+    `fill` then gives each parameter its stored values. So loading holds the weights
+    once, never a random copy beside them.
+    """
+    with torch.device("meta"):
+        return module_class(cfg)
+
+
+def fill(module, state, source, dtype=None, device="cpu", keep_float32=()):
+    """Give every parameter and buffer of `module` its tensor from `state`, one at a time.
+
+    Checks first that the names and shapes match, and fails with ONE line listing what is
+    missing, unexpected or misshapen. dtype casts floating tensors (names starting with a
+    prefix in keep_float32 stay float32). Tensors are read, cast and moved one by one, so
+    memory never holds more than the finished weights plus one tensor.
+    """
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    misshapen = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                 for k in own if k in state and state[k].shape != own[k].shape]
+    problems = "; ".join(p for p in [f"missing {missing}" if missing else "",
+                                     f"unexpected {unexpected}" if unexpected else "",
+                                     f"wrong shape {misshapen}" if misshapen else ""] if p)
+    if problems:
+        raise CheckpointError(f"{source} does not fit the model: {problems}")
+    loaded = {}
+    for name, stored in state.items():
+        wanted = own[name].dtype
+        if dtype is not None and wanted.is_floating_point and not name.startswith(tuple(keep_float32)):
+            wanted = dtype
+        tensor = stored.load(wanted, device) if isinstance(stored, StoredTensor) else stored.to(device, wanted)
+        loaded[name] = tensor
+    module.load_state_dict(loaded, assign=True)
+    return module
+
+
+def config_from_released(showo_dir, phi_dir=None):
+    """ShowoConfig from the released config files (docs/checkpoints.md).
+
+    showo/config.json gives the vocabulary; the transformer's shape comes from the
+    Phi-1.5 download's config.json (its own vocab_size and qk_layernorm=false are
+    ignored: Show-o resizes the vocabulary and always uses QK-Norm). Phi's file may hold
+    nulls (e.g. "partial_rotary_factor": null): those keep the defaults.
+    """
+    showo = read_json(Path(showo_dir) / "config.json")
+    if not showo:
+        raise CheckpointError(f"{showo_dir}/config.json not found: pass the show-o checkpoint folder")
+    phi = read_json(Path(phi_dir) / "config.json") if phi_dir else {}
+    size = dict(
+        hidden_size=phi.get("hidden_size"), num_layers=phi.get("num_hidden_layers"),
+        num_heads=phi.get("num_attention_heads"), intermediate_size=phi.get("intermediate_size"),
+        partial_rotary_factor=phi.get("partial_rotary_factor"), rope_theta=phi.get("rope_theta"),
+        layer_norm_eps=phi.get("layer_norm_eps"),
+        max_position_embeddings=phi.get("max_position_embeddings"),
+        bos_token_id=phi.get("bos_token_id"), eos_token_id=phi.get("eos_token_id"),
+    )
+    cfg = ShowoConfig.from_dict({k: v for k, v in size.items() if v is not None})
+    cfg.llm_vocab_size = showo["llm_vocab_size"]
+    cfg.codebook_size = showo["codebook_size"]
+    cfg.vocab_size = showo["vocab_size"]
+    cfg.num_vq_tokens = showo["num_vq_tokens"]
+    if showo.get("mask_token_id", cfg.mask_token_id) != cfg.mask_token_id:
+        raise CheckpointError(f"{showo_dir}/config.json: mask_token_id {showo['mask_token_id']} is not "
+                              f"vocab_size - 1 = {cfg.mask_token_id}; this layout is not Show-o's")
+    return cfg
+
+
+def load_released_showo(showo_dir, phi_dir=None, dtype=None):
+    """A `Showo` with the released weights from showo_dir (and Phi's config from phi_dir)."""
+    cfg = config_from_released(showo_dir, phi_dir)
+    renamed, unmatched = rename_released_keys(read_weights(showo_dir))
+    if unmatched:
+        raise CheckpointError(f"{showo_dir}: keys not in SHOWO_KEY_TABLE: {unmatched[:10]}"
+                              f"{' ...' if len(unmatched) > 10 else ''}")
+    return fill(build_empty(Showo, cfg), renamed, showo_dir, dtype).eval()
+
+
+def released_image_tokenizer_config(directory, num_vq_tokens=None):
+    """ImageTokenizerConfig from a MAGVIT-v2 folder's config.json.
+
+    The released config.json names no sizes (the reference builds the full-size default);
+    a folder that lists sizes (like the test fixture) is read as it says. The picture
+    size follows from the transformer: num_vq_tokens = (resolution / downsampling)^2, so
+    the same tokenizer reads 256 px pictures for show-o and 512 px ones for
+    show-o-512x512 (it is convolutional; only the grid it makes differs).
+    """
+    raw = read_json(Path(directory) / "config.json")
+    sizes = {"resolution": raw.get("resolution"), "z_channels": raw.get("z_channels")}
+    for part in ("encoder", "decoder"):
+        section = raw.get(part, {})
+        sizes[f"{part}_ch"] = section.get("ch")
+        sizes[f"{part}_ch_mult"] = section.get("ch_mult")
+        sizes[f"{part}_res_blocks"] = section.get("num_res_blocks")
+    cfg = ImageTokenizerConfig.from_dict({k: v for k, v in sizes.items() if v is not None})
+    if num_vq_tokens is not None:
+        grid = round(num_vq_tokens ** 0.5)
+        if grid * grid != num_vq_tokens:
+            raise CheckpointError(f"num_vq_tokens {num_vq_tokens} is not a square grid")
+        cfg.resolution = grid * cfg.downsample
+    return cfg
+
+
+def load_released_image_tokenizer(directory, num_vq_tokens=None, dtype=None):
+    """The released MAGVIT-v2 (`showlab/magvitv2`) or a folder in its layout."""
+    cfg = released_image_tokenizer_config(directory, num_vq_tokens)
+    return fill(build_empty(ImageTokenizer, cfg), read_weights(directory), directory, dtype).eval()
+
+
+# ----------------------------------------------------------------------------------------
+# 4. The one-file checkpoint
+# ----------------------------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = "showo-from-scratch/1"
+
+# How the authors' inference code (inference_mmu.py in showlab/Show-o) asks the released
+# weights a question: after <|mmu|> <|soi|> image <|eoi|> <|endoftext|> comes this text,
+# and the answer ends at <|endoftext|>. The tiny models of train.py are trained on the
+# bare question, "{question}".
+RELEASED_QUESTION_TEMPLATE = "USER: \n{question} ASSISTANT:"
+
+# The sampling settings of the authors' published commands (README and demo configs of
+# showlab/Show-o; docs/checkpoints.md has the table), by task and resolution.
+RELEASED_SAMPLING = {
+    256: {"t2i": {"steps": 18, "guidance": 1.75},
+          "inpainting": {"steps": 16, "guidance": 1.75},
+          "extrapolation": {"steps": 16, "guidance": 1.75}},
+    512: {"t2i": {"steps": 50, "guidance": 5.0},
+          "inpainting": {"steps": 16, "guidance": 1.75},
+          "extrapolation": {"steps": 16, "guidance": 1.75}},
+}
+
+
+def save_checkpoint(path, model, vq, text_tokenizer, extra=None, dtype=None):
+    """One file: both configs, both networks' weights, the text tokenizer, and `extra`.
+
+    Everything is stored as plain containers and tensors, so it loads with
+    torch.load(weights_only=True) as well as with load_checkpoint. The file appears whole
+    or not at all: it is written under a temporary name, then renamed (an interrupted save
+    never leaves half a file).
+    """
+    def weights(module):
+        return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).cpu()
+                for k, v in module.state_dict().items()}
+    temporary = Path(f"{path}.tmp")
+    torch.save({
+        "format": CHECKPOINT_FORMAT,
+        "showo_config": asdict(model.cfg),
+        "vq_config": asdict(vq.cfg),
+        "showo": weights(model),
+        "vq": weights(vq),
+        "text_tokenizer": text_tokenizer.to_dict(),
+        "extra": extra or {},
+    }, temporary)
+    os.replace(temporary, path)
+
+
+def check_grid(model_cfg, vq_cfg, source):
+    """The image tokenizer must make exactly the grid the transformer reads."""
+    if vq_cfg.grid_size ** 2 != model_cfg.num_vq_tokens:
+        raise CheckpointError(f"{source}: the image tokenizer makes a {vq_cfg.grid_size}x{vq_cfg.grid_size} grid "
+                              f"at {vq_cfg.resolution} px, but the transformer reads {model_cfg.num_vq_tokens} "
+                              f"image tokens: convert again with `python checkpoint.py convert`")
+
+
+def load_checkpoint(path, device="cpu", dtype=None):
+    """(model, vq, text_tokenizer, extra) from a file written by save_checkpoint / convert.
+
+    dtype casts the transformer (e.g. torch.bfloat16 on CUDA); the image tokenizer stays
+    in float32, where its GroupNorms are accurate. Tensors are read one at a time straight
+    into networks built on the meta device: memory peaks at the loaded weights, not at
+    the file plus a randomly initialised copy. (Under `extra`, tensors such as a training
+    run's optimizer state stay on disk until `materialize` reads them.)
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} not found: train one with `python train.py --tiny` "
+                              f"or convert the released weights with `python checkpoint.py convert`")
+    blob = read_torch_file(path)
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a Show-o checkpoint of this project: "
+                              f"convert released weights with `python checkpoint.py convert`")
+    cfg, vq_cfg = ShowoConfig.from_dict(blob["showo_config"]), ImageTokenizerConfig.from_dict(blob["vq_config"])
+    check_grid(cfg, vq_cfg, path)
+    model = fill(build_empty(Showo, cfg), blob["showo"], path, dtype or torch.float32, device)
+    vq = fill(build_empty(ImageTokenizer, vq_cfg), blob["vq"], path, torch.float32, device)
+    return model.eval(), vq.eval(), TextTokenizer.from_dict(blob["text_tokenizer"]), blob["extra"]
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def convert(showo_dir, magvit_dir, tokenizer_dir, out, dtype="fp32"):
+    """Released folders -> one checkpoint file, with the authors' inference settings."""
+    print(f"reading Show-o from {showo_dir} ...")
+    model = load_released_showo(showo_dir, tokenizer_dir, DTYPES[dtype])
+    print(f"reading the MAGVIT-v2 image tokenizer from {magvit_dir} ...")
+    vq = load_released_image_tokenizer(magvit_dir, model.cfg.num_vq_tokens, DTYPES[dtype])
+    text_tokenizer = TextTokenizer.from_files(tokenizer_dir)
+    if len(text_tokenizer) > model.cfg.llm_vocab_size:
+        raise CheckpointError(f"the text tokenizer in {tokenizer_dir} has {len(text_tokenizer)} ids but "
+                              f"the model only {model.cfg.llm_vocab_size} text ids: wrong tokenizer folder?")
+    resolution = vq.cfg.resolution
+    sampling = RELEASED_SAMPLING.get(resolution, RELEASED_SAMPLING[256 if resolution < 384 else 512])
+    save_checkpoint(out, model, vq, text_tokenizer, extra={
+        "source": {"showo": str(showo_dir), "magvit": str(magvit_dir)},
+        "question_template": RELEASED_QUESTION_TEMPLATE,
+        "sampling": sampling,
+    })
+    params = sum(p.numel() for p in model.parameters())
+    print(f"wrote {out}: transformer {params / 1e6:.0f}M parameters in {dtype}, "
+          f"pictures of {resolution} px ({vq.cfg.grid_size}x{vq.cfg.grid_size} image tokens)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Show-o checkpoint files.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("convert", help="released checkpoint folders -> one showo.pt")
+    c.add_argument("--showo", required=True, help="folder of showlab/show-o (or show-o-512x512)")
+    c.add_argument("--magvit", required=True, help="folder of showlab/magvitv2")
+    c.add_argument("--tokenizer", required=True,
+                   help="folder of microsoft/phi-1_5 (vocab.json, merges.txt, config.json)")
+    c.add_argument("--out", default="showo.pt")
+    c.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    args = parser.parse_args(argv)
+    try:
+        convert(args.showo, args.magvit, args.tokenizer, args.out, args.dtype)
+    except (CheckpointError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
