@@ -391,6 +391,15 @@ def encode_prompt(text_tokenizer, cfg, text):
     return ids
 
 
+def phrase_question(text_tokenizer, cfg, template, question):
+    """A question's ids, phrased as the checkpoint learned to read questions.
+
+    The released weights were tuned on "USER: \n<question> ASSISTANT:" (their
+    inference_mmu.py asks that way); train.py's tiny models on the bare question.
+    """
+    return encode_prompt(text_tokenizer, cfg, template.format(question=question))
+
+
 def pick_device(name):
     """'auto' -> cuda when present; 'cuda' without CUDA is an error, not a silent fallback."""
     if name == "cuda" and not torch.cuda.is_available():
@@ -451,8 +460,8 @@ def extend(session, image_path, direction, prompt):
 def ask(session, image_path, question):
     """Answer a question about a picture, phrased with the checkpoint's question template."""
     args = session.args
-    template = session.extra.get("question_template", "{question}")
-    question_ids = encode_prompt(session.text_tokenizer, session.model.cfg, template.format(question=question))
+    question_ids = phrase_question(session.text_tokenizer, session.model.cfg,
+                                   session.extra.get("question_template", "{question}"), question)
     temperature = (1.0 if args.temperature is None else args.temperature) if args.top_k or args.sample else 0.0
     [answer] = answer_questions(session.model, session.encode_image(image_path), [question_ids],
                                 args.max_new_tokens, temperature, args.top_k, session.generator, naive=args.naive)

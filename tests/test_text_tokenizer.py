@@ -1,9 +1,8 @@
 """Tests for Part 1 of tokenizer.py: the byte-level BPE text tokenizer.
 
 The exactness test reads every *_cases.json file (a list of {"text", "ids"}) from the
-folder in $SHOWO_BPE_DIR, which also holds GPT-2's vocab.json and merges.txt. Without the
-variable it uses ../shared/fixtures/gpt2_bpe beside the repository and skips if that is
-absent; with the variable set, a missing or broken folder fails instead.
+folder in $SHOWO_BPE_DIR, which also holds GPT-2's vocab.json and merges.txt (default: the
+copy shipped in tests/fixtures/gpt2_bpe). A missing or broken folder fails, never skips.
 """
 
 import functools
@@ -17,19 +16,14 @@ import torch
 
 from tokenizer import EOS_TOKEN, TextTokenizer, apply_merges, bytes_to_unicode, pretokenize
 
-DEFAULT_BPE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "gpt2_bpe"
+DEFAULT_BPE_DIR = Path(__file__).resolve().parent / "fixtures" / "gpt2_bpe"
 
 
 # ---- exactness against GPT-2 --------------------------------------------------------
 
 def bpe_cases():
-    """One pytest.param per (file, case); a fixture problem becomes one failing or skipped param."""
-    configured = os.environ.get("SHOWO_BPE_DIR")
-    directory = Path(configured) if configured else DEFAULT_BPE_DIR
-    if not configured and not directory.is_dir():
-        reason = (f"no GPT-2 BPE fixture at {directory} "
-                  "(set SHOWO_BPE_DIR to a folder with vocab.json, merges.txt and *_cases.json)")
-        return [pytest.param(None, None, None, id="no-fixture", marks=pytest.mark.skip(reason=reason))]
+    """One pytest.param per (file, case); a fixture problem becomes one failing param."""
+    directory = Path(os.environ.get("SHOWO_BPE_DIR", DEFAULT_BPE_DIR))
     try:
         if not directory.is_dir():
             raise ValueError("the folder does not exist")
