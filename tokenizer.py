@@ -523,9 +523,12 @@ class ImageTokenizerConfig:
     decoder_ch_mult: tuple = (1, 1, 2, 2, 4)
     decoder_res_blocks: tuple = (4, 4, 3, 4, 3)
     num_groups: int = 32                      # GroupNorm groups (32 in the release)
-    commitment_weight: float = 0.1            # LFQ training losses (SHOWO_FACTS §5)
+    commitment_weight: float = 0.1            # LFQ training losses (docs/checkpoints.md)
     entropy_weight: float = 0.1
     beta: float = 0.25
+    # The batch entropy of the LFQ entropy loss: per bit (as in the released code's
+    # LFQuantizer) or over whole codes (as the MAGVIT-v2 paper defines it; see entropy_loss).
+    entropy_per_code: bool = False
 
     @property
     def codebook_size(self): return 2 ** self.z_channels
@@ -725,24 +728,44 @@ class LookupFreeQuantizer(nn.Module):
         # Straight-through estimator: forward uses q, backward pretends q = z (identity),
         # because sign() has zero gradient almost everywhere.
         q_st = z + (q - z).detach()
-        # Commitment: pull z towards its sign (the second term only matters for learned
-        # codebooks; LFQ has none, so with q fixed it simply adds beta times the first).
+        # Commitment, in the VQ-VAE form: ||sg(q) - z||^2 + beta ||q - sg(z)||^2. The first
+        # term pulls z towards its sign. In a VQ-VAE the second moves the codebook towards
+        # z; LFQ has no codebook, and through the straight-through q_st its gradient
+        # reaches z with the OPPOSITE sign (d/dz of (q_st - sg(z))^2 is +2(q - z)): it
+        # pushes z away from q. Together: a pull of strength (1 - beta) towards q.
         commit = ((q.detach() - z) ** 2).mean() + self.cfg.beta * ((q_st - z.detach()) ** 2).mean()
         return q_st, codes, self.cfg.commitment_weight * commit, self.cfg.entropy_weight * self.entropy_loss(z)
 
     def entropy_loss(self, z):
-        """Per-token entropy minus batch-code entropy (lower is better).
+        """Per-token entropy minus batch entropy (lower is better), in nats per bit.
 
-        Each channel is a two-way choice {+1, -1} with logits -(z-1)^2 and -(z+1)^2.
-        Low per-token entropy = confident bits; high entropy of the batch average = all
-        codes used evenly. Minimising the difference asks for both.
+        Each channel is a two-way choice {+1, -1} with logits -(z-1)^2 and -(z+1)^2, so a
+        token's code distribution q(code | z) is the product of its C bit distributions.
+        Low per-token entropy = each token is confident about its code. High entropy of
+        the batch average = the batch spreads over many codes. Minimising the difference
+        asks for both (MAGVIT-v2, Yu et al. 2023, §3.1, "lookup-free quantization").
+
+        The per-token entropy of a product of bits is the sum of the bits' entropies. The
+        batch average is NOT a product, and here the two versions differ:
+        * per bit (the released code): the average of each bit's own batch distribution.
+          Balanced bits do not mean evenly used codes: two bits that always agree are each
+          +1 half of the time, yet use only 2 of their 4 codes.
+        * per code (entropy_per_code, the paper's definition): the entropy of the batch
+          average over all 2^C codes, which only rises when more codes are really used.
         """
         z = z.permute(0, 2, 3, 1).flatten(0, 2)                           # (N, C)
-        logits = torch.stack([-(z - 1) ** 2, -(z + 1) ** 2], dim=-1)      # (N, C, 2)
-        probs = logits.softmax(dim=-1)
-        per_token = -(probs * logits.log_softmax(dim=-1)).sum(-1).mean()
-        mean_probs = probs.mean(0)                                        # (C, 2)
-        batch = -(mean_probs * mean_probs.clamp_min(1e-12).log()).sum(-1).mean()
+        log_probs = torch.stack([-(z - 1) ** 2, -(z + 1) ** 2], dim=-1).log_softmax(dim=-1)  # (N, C, 2)
+        probs = log_probs.exp()
+        per_token = -(probs * log_probs).sum(-1).mean()                  # mean over tokens and bits
+        if self.cfg.entropy_per_code:
+            is_plus = (self.embedding > 0).float()                       # (codes, C)
+            # log q(code | z_n) = sum over bits of log q(that bit), as one matmul
+            log_q = log_probs[..., 0] @ is_plus.T + log_probs[..., 1] @ (1 - is_plus).T   # (N, codes)
+            mean_q = log_q.exp().mean(0)                                  # (codes,)
+            batch = -(mean_q * mean_q.clamp_min(1e-12).log()).sum() / z.shape[1]
+        else:
+            mean_probs = probs.mean(0)                                    # (C, 2)
+            batch = -(mean_probs * mean_probs.clamp_min(1e-12).log()).sum(-1).mean()
         return per_token - batch
 
     def codes_to_vectors(self, codes, grid):

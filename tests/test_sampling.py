@@ -7,9 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
+import torch.nn.functional as F
+
 import sampling
 from attention import t2i_attention_mask
 from checkpoint import load_checkpoint
+from model import ShowoConfig, decode_text
 from sampling import (FullRecomputeT2I, generate_image_codes, guide, mask_schedule, maskgit_step,
                       shift_codes, stitch_extension)
 from tokenizer import t2i_sequences
@@ -21,20 +24,43 @@ def test_mask_schedule_endpoints():
     assert mask_schedule(1.0).item() == pytest.approx(0.0, abs=1e-6)
 
 
+# Masks left after each of 8 steps over 64 tokens, worked out by hand:
+# floor(64 * cos(pi/2 * s/8)) for s = 1..8 is 62, 59, 53, 45, 35, 24, 12, 0, and the last
+# step keeps one [MASK] (at least one stays masked until the loop ends; its guess is returned).
+MASKS_LEFT_64_TOKENS_8_STEPS = [62, 59, 53, 45, 35, 24, 12, 1]
+
+
 def test_each_step_leaves_the_scheduled_number_of_masks(micro):
     cfg = micro[0].cfg
-    n, steps = cfg.num_vq_tokens, 8
+    assert cfg.num_vq_tokens == 64
     gen = torch.Generator().manual_seed(0)
-    tokens = torch.full((3, n), cfg.mask_token_id)
-    for step in range(steps):
-        unknown_before = (tokens == cfg.mask_token_id).sum(1)
-        logits = torch.randn(3, n, cfg.codebook_size, generator=gen)
-        codes, tokens = maskgit_step(tokens, logits, step, steps, cfg, generator=gen)
-        scheduled = math.floor(n * math.cos((step + 1) / steps * math.pi / 2))
-        expected = torch.clamp(torch.minimum(unknown_before - 1, torch.tensor(scheduled)), min=1)
-        assert torch.equal((tokens == cfg.mask_token_id).sum(1), expected), f"step {step}"
+    tokens = torch.full((3, 64), cfg.mask_token_id)
+    left = []
+    for step in range(8):
+        logits = torch.randn(3, 64, cfg.codebook_size, generator=gen)
+        codes, tokens = maskgit_step(tokens, logits, step, 8, cfg, generator=gen)
+        left.append((tokens == cfg.mask_token_id).sum(1).tolist())
         assert ((codes >= 0) & (codes < cfg.codebook_size)).all()
-    assert (tokens == cfg.mask_token_id).sum(1).tolist() == [1, 1, 1]   # the last guess is returned
+    assert left == [[n] * 3 for n in MASKS_LEFT_64_TOKENS_8_STEPS]
+
+
+def test_known_tokens_are_never_masked_again_and_each_step_commits_one(micro):
+    """With few unknowns the schedule would unmask nothing: every step still commits one token."""
+    cfg = micro[0].cfg
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randint(cfg.codebook_size, (1, 64), generator=gen) + cfg.image_offset
+    tokens[0, :3] = cfg.mask_token_id                       # 3 unknowns, 8 steps
+    for step in range(2):
+        _, tokens = maskgit_step(tokens, torch.randn(1, 64, cfg.codebook_size, generator=gen), step, 8, cfg,
+                                 generator=gen)
+        assert (tokens == cfg.mask_token_id).sum().item() == 2 - step
+        assert (tokens[0, 3:] != cfg.mask_token_id).all()
+
+
+def test_steps_must_be_at_least_one(micro):
+    model, _, text_tokenizer, _ = micro
+    with pytest.raises(ValueError, match="at least one step"):
+        generate_image_codes(model, [text_tokenizer.encode("a red circle")], steps=0)
 
 
 def test_guidance_is_one_plus_w_cond_minus_w_uncond(micro):
@@ -89,17 +115,50 @@ def test_batched_ragged_questions_match_one_at_a_time(micro):
     assert all(t < cfg.llm_vocab_size for answer in together for t in answer)
 
 
+def test_extension_moves_the_known_half_away_from_the_new_side():
+    """Extending right: the picture's right half moves to the left half of the canvas."""
+    codes = torch.arange(16).view(1, 16)                    # a 4x4 grid: row r holds 4r ... 4r+3
+    right = shift_codes(codes, "right", 4).view(4, 4)
+    assert right.tolist() == [[2, 3, -1, -1], [6, 7, -1, -1], [10, 11, -1, -1], [14, 15, -1, -1]]
+    left = shift_codes(codes, "left", 4).view(4, 4)
+    assert left.tolist() == [[-1, -1, 0, 1], [-1, -1, 4, 5], [-1, -1, 8, 9], [-1, -1, 12, 13]]
+    down = shift_codes(codes, "down", 4).view(4, 4)
+    assert down.tolist() == [[8, 9, 10, 11], [12, 13, 14, 15], [-1] * 4, [-1] * 4]
+    up = shift_codes(codes, "up", 4).view(4, 4)
+    assert up.tolist() == [[-1] * 4, [-1] * 4, [0, 1, 2, 3], [4, 5, 6, 7]]
+
+
 @pytest.mark.parametrize("direction", ["left", "right", "up", "down"])
-def test_extension_keeps_the_original_half(direction):
-    grid = 4
-    codes = torch.arange(16).view(1, 16)
-    shifted = shift_codes(codes, direction, grid).view(grid, grid)
-    kept = shifted[shifted >= 0]
-    assert len(kept) == 8 and (shifted < 0).sum() == 8
-    original = np.zeros((8, 8, 3), np.uint8)
-    grown = stitch_extension(original, np.full((8, 8, 3), 9, np.uint8), direction)
-    assert grown.shape[:2] == ((8, 12) if direction in ("left", "right") else (12, 8))
-    assert (grown == 9).sum() == 4 * 8 * 3
+def test_extension_puts_the_original_and_the_new_half_in_place(direction):
+    """The original stays whole; the new strip is the half of the canvas the model drew."""
+    original = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
+    canvas = 200 + np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3) % 50   # the model's picture
+    grown = stitch_extension(original, canvas, direction)
+    if direction == "right":
+        assert np.array_equal(grown[:, :8], original) and np.array_equal(grown[:, 8:], canvas[:, 4:])
+    elif direction == "left":
+        assert np.array_equal(grown[:, 4:], original) and np.array_equal(grown[:, :4], canvas[:, :4])
+    elif direction == "down":
+        assert np.array_equal(grown[:8], original) and np.array_equal(grown[8:], canvas[4:])
+    else:
+        assert np.array_equal(grown[4:], original) and np.array_equal(grown[:4], canvas[:4])
+
+
+def test_the_answer_loop_stops_each_row_at_eos():
+    """Row 0 says EOS at its 2nd token, row 1 at its 4th: row 0 is padded with EOS, row 1 goes
+    on, and the loop ends when every row is done, long before max_new_tokens."""
+    cfg = ShowoConfig(llm_vocab_size=10, codebook_size=4, vocab_size=25, eos_token_id=9)
+    plans = torch.tensor([[3, 9, 5, 5, 5, 5], [4, 4, 4, 9, 6, 6]])
+    calls = []
+
+    def next_logits(ids):
+        step = ids.shape[1] - 2
+        calls.append(step)
+        return F.one_hot(plans[:, step], cfg.vocab_size).float()
+
+    new = decode_text(next_logits, torch.zeros(2, 2, dtype=torch.long), max_new_tokens=50, cfg=cfg)
+    assert new.tolist() == [[3, 9, 9, 9], [4, 4, 4, 9]]
+    assert calls == [0, 1, 2, 3]
 
 
 def test_checkpoint_round_trip_gives_identical_logits(micro):

@@ -264,3 +264,26 @@ def test_from_files_names_the_missing_file(trained, tmp_path):
     (tmp_path / "merges.txt").unlink()
     with pytest.raises(FileNotFoundError, match="merges.txt is missing"):
         TextTokenizer.from_files(tmp_path)
+
+
+def test_phi_whitespace_tokens_take_the_longest_run(tmp_path):
+    """Phi-1.5 adds runs of 31 ... 2 spaces (ids 50257-50286) and 9 ... 2 tabs (50287-50294).
+
+    They are matched in the raw text before BPE, longest run first, so an indented line of
+    code starts with ONE whitespace token and its first word loses the space it would
+    otherwise carry ("return", not " return").
+    """
+    directory = Path(os.environ.get("SHOWO_BPE_DIR", DEFAULT_BPE_DIR))
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / name).write_text((directory / name).read_text(encoding="utf-8"), encoding="utf-8")
+    spaces = {" " * n: 50257 + 31 - n for n in range(31, 1, -1)}
+    tabs = {"\t" * n: 50287 + 9 - n for n in range(9, 1, -1)}
+    (tmp_path / "added_tokens.json").write_text(json.dumps({**spaces, **tabs}))
+    phi = TextTokenizer.from_files(tmp_path)
+    assert len(phi) == 50295
+    # def ' f' (): '\n' '    ' return ' 1'
+    assert phi.encode("def f():\n    return 1") == [4299, 277, 33529, 198, 50284, 7783, 352]
+    # five spaces: the 4-space token would leave one; the longest run (5) is one token
+    assert phi.encode("\n     return") == [198, 50283, 7783]
+    assert phi.encode("\n\t\tpass") == [198, 50294, 6603]
+    assert phi.encode("\n" + " " * 33 + "x") == [198, 50257, 50286, 87]   # 31 + 2 spaces

@@ -245,3 +245,83 @@ def test_two_process_ddp_on_gloo(tmp_path):
     history = extra["loss_history"]
     assert len(history) == 6 and all(np.isfinite(list(h.values())).all() for h in history)
     assert result.stdout.count("wrote") == 1          # only rank 0 writes
+
+
+def test_caption_drop_out_rate_is_what_the_recipe_says(micro):
+    """Over many rows, the share of t2i rows with an empty caption is caption_dropout (0.1)."""
+    cfg, tc, batches = micro_batches(micro, batch_t2i=100)
+    empty_caption_length = cfg.max_text_len + 1 - 3         # [PAD]s before <|t2i|> BOS EOS
+    rows = torch.cat([batches.batch(step)["t2i"].ids for step in range(30)])
+    dropped = ((rows[:, :cfg.max_text_len + 1] == cfg.pad_id).sum(1) == empty_caption_length).float().mean()
+    assert 0.08 < dropped.item() < 0.12, f"{dropped.item():.1%} of captions dropped, expected {tc.caption_dropout:.0%}"
+
+
+# ---- held-out scores ------------------------------------------------------------------------
+
+class PictureTable(torch.nn.Module):
+    """A stand-in image tokenizer: code 0 of a picture is its row in a table of pictures."""
+
+    def __init__(self, pictures):
+        super().__init__()
+        self.cfg = type("Config", (), {"resolution": 32})
+        self.pictures = list(pictures)
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def encode(self, pixels):
+        rows = [self.pictures.index(data.tensor_to_image(p).tobytes()) for p in pixels]
+        return torch.tensor(rows)[:, None].repeat(1, 4)
+
+    def decode(self, codes):
+        images = [np.frombuffer(self.pictures[i], np.uint8).reshape(32, 32, 3) for i in codes[:, 0].tolist()]
+        return data.image_to_tensor(np.stack(images))
+
+
+def test_scores_count_right_and_wrong_pictures_and_answers(micro, monkeypatch):
+    """evaluate() with a stand-in model that gets every other picture and answer wrong: 50%."""
+    model, _, text_tokenizer, _ = micro
+    tc = replace(PRESETS["micro"], eval_draws=1, eval_prompts=6, eval_scenes=6)
+    wrong_colour = {"red": "green", "green": "red", "blue": "white", "white": "blue",
+                    "yellow": "purple", "purple": "yellow"}
+    scenes = {}                                              # prompt -> (right, wrong) picture rows
+    table = PictureTable([])
+
+    def picture_row(objects):
+        table.pictures.append(data.render(objects).tobytes())
+        return len(table.pictures) - 1
+
+    def draw(model, captions_ids, *args, **kwargs):
+        rows = []
+        for i, ids in enumerate(captions_ids):
+            prompt = text_tokenizer.decode(ids)
+            if prompt not in scenes:
+                objects = [data.ShapeObject(c, s, p, *next(zip(*data.corner_range(p, 12))), 12)
+                           for c, s, p in data.parse_caption(prompt)]
+                twisted = [replace(o, colour=wrong_colour[o.colour]) for o in objects]
+                scenes[prompt] = (picture_row(objects), picture_row(twisted))
+            rows.append(scenes[prompt][i % 2])               # every other picture is wrong
+        return torch.tensor(rows)[:, None].repeat(1, 4)
+
+    shown = {}                                               # picture row -> its example
+
+    def answer(model, codes, questions_ids, **kwargs):
+        answers = []
+        for i, (row, question) in enumerate(zip(codes[:, 0].tolist(), questions_ids)):
+            truth = dict(shown[row].qa)[text_tokenizer.decode(question)]
+            answers.append(text_tokenizer.encode(" " + (truth if i % 2 == 0 else "no idea")))
+        return answers
+
+    real_make_examples = data.make_examples
+
+    def remember(*args, **kwargs):
+        made = real_make_examples(*args, **kwargs)
+        for example in made:
+            shown[len(table.pictures)] = example
+            table.pictures.append(example.image.tobytes())
+        return made
+
+    monkeypatch.setattr(train, "generate_image_codes", draw)
+    monkeypatch.setattr(train, "answer_questions", answer)
+    monkeypatch.setattr(data, "make_examples", remember)
+    scores = train.evaluate(model, table, text_tokenizer, tc, "cpu")
+    assert scores["t2i_one"] == scores["t2i_two"] == scores["t2i_novel"] == 0.5
+    assert scores["vqa"] == pytest.approx(0.5, abs=0.1) and scores["caption"] == pytest.approx(0.5, abs=0.2)

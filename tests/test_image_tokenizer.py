@@ -1,0 +1,80 @@
+"""The LFQ image tokenizer (tokenizer.py, Part 2): code ids, its two losses, and training it.
+
+The parity tests (test_parity.py) check encoding and decoding against the released code;
+these check what only training uses, against numbers worked out by hand.
+"""
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+import data
+from tokenizer import ImageTokenizerConfig, LookupFreeQuantizer
+from train import PRESETS, ComputeMeter, Distributed, train_image_tokenizer
+
+THREE_BITS = ImageTokenizerConfig(z_channels=3)
+
+
+def as_map(values):
+    """(N, C) values -> the (1, C, 1, N) latent map the quantizer takes."""
+    return torch.tensor(values, dtype=torch.float32).T[None, :, None, :]
+
+
+def test_code_ids_read_the_signs_as_binary_channel_0_first():
+    quantizer = LookupFreeQuantizer(THREE_BITS)
+    z = as_map([[0.3, -2.0, 0.1], [-0.1, 0.5, 0.7], [-1.0, -1.0, -1.0]])
+    q, codes, _, _ = quantizer(z)
+    assert codes.tolist() == [[0b101, 0b011, 0b000]]
+    assert q[0, :, 0, 0].tolist() == [1.0, -1.0, 1.0]
+    assert quantizer.codes_to_vectors(codes[:, :1], 1).flatten().tolist() == [1.0, -1.0, 1.0]   # code 5
+
+
+def test_commitment_value_and_its_pull_of_one_minus_beta():
+    """z = 0.5 everywhere, so q = 1: (1 + beta) * 0.25, and a net pull of (1 - beta) towards q."""
+    cfg = replace(THREE_BITS, commitment_weight=1.0, entropy_weight=0.0, beta=0.25)
+    z = torch.full((1, 3, 2, 2), 0.5, requires_grad=True)
+    _, _, commit, _ = LookupFreeQuantizer(cfg)(z)
+    assert commit.item() == pytest.approx(0.25 + 0.25 * 0.25)
+    commit.backward()
+    # d/dz of mean((1 - z)^2) is -2(1 - z)/n = -1/n per element; the beta term adds +beta/n.
+    n = z.numel()
+    assert torch.allclose(z.grad, torch.full_like(z, (-1.0 + 0.25) / n))
+
+
+def test_entropy_per_bit_and_per_code_worked_by_hand():
+    """Two tokens whose 3 bits always agree: (+,+,+) and (-,-,-), each confidently.
+
+    Per token: ~0 (confident). Per bit, every bit is +1 half the time: ln 2 per bit, so
+    the loss is -ln 2. Per code, only 2 of the 8 codes are used: ln 2 over 3 bits, so the
+    loss is -ln 2 / 3. An undecided token (z = 0) has ln 2 per bit either way: loss 0.
+    """
+    confident = as_map([[9.0, 9.0, 9.0], [-9.0, -9.0, -9.0]])
+    per_bit = LookupFreeQuantizer(THREE_BITS).entropy_loss(confident)
+    per_code = LookupFreeQuantizer(replace(THREE_BITS, entropy_per_code=True)).entropy_loss(confident)
+    assert per_bit.item() == pytest.approx(-math.log(2), abs=1e-6)
+    assert per_code.item() == pytest.approx(-math.log(2) / 3, abs=1e-6)
+    undecided = as_map([[0.0, 0.0, 0.0]])
+    for cfg in (THREE_BITS, replace(THREE_BITS, entropy_per_code=True)):
+        assert LookupFreeQuantizer(cfg).entropy_loss(undecided).item() == pytest.approx(0.0, abs=1e-6)
+    # All 8 codes used once each, confidently: per code as low as per bit (-ln 2 per bit).
+    all_codes = as_map([[9.0 if (c >> (2 - b)) & 1 else -9.0 for b in range(3)] for c in range(8)])
+    per_code_all = LookupFreeQuantizer(replace(THREE_BITS, entropy_per_code=True)).entropy_loss(all_codes)
+    assert per_code_all.item() == pytest.approx(-math.log(2), abs=1e-6)
+
+
+def test_training_the_tokenizer_lowers_reconstruction_error():
+    tc = replace(PRESETS["micro"], vq_steps=30)
+    images = np.stack([e.image for e in data.make_examples(64, seed=0)])
+    pixels = data.image_to_tensor(images)
+    meter = ComputeMeter()
+    torch.manual_seed(0)
+    untrained = train_image_tokenizer(replace(tc, vq_steps=1, vq_lr=1e-9), images, Distributed("cpu"), ComputeMeter())
+    trained = train_image_tokenizer(tc, images, Distributed("cpu"), meter)
+    with torch.no_grad():
+        before = (untrained.decode(untrained.encode(pixels)) - pixels).pow(2).mean().item()
+        after = (trained.decode(trained.encode(pixels)) - pixels).pow(2).mean().item()
+    assert after < 0.5 * before, f"reconstruction MSE {before:.3f} -> {after:.3f}"
+    assert meter.flops["image tokenizer"] > 0 and meter.seconds["image tokenizer"] > 0
