@@ -69,6 +69,18 @@ def guide(cond_logits, uncond_logits, w):
     return (1 + w) * cond_logits - w * uncond_logits
 
 
+def remasking_noise(temperature, step, steps):
+    """The scale of the re-masking noise at a step: temperature * prod_{i<=step} (1 - (i+1)/steps).
+
+    The released t2i_generate (models/modeling_showo.py) multiplies its running
+    temperature by (1 - r) at every step, r = (step + 1) / steps, so the noise shrinks
+    fast and is 0 at the last step: early choices are explored, late ones are not.
+    """
+    for i in range(step + 1):
+        temperature *= 1 - (i + 1) / steps
+    return temperature
+
+
 def gumbel_noise(shape, generator, device):
     """Samples of the standard Gumbel distribution, -log(-log(U))."""
     u = torch.rand(shape, generator=generator, device=device).clamp(1e-20, 1 - 1e-7)
@@ -96,8 +108,9 @@ def maskgit_step(tokens, logits, step, steps, cfg, temperature=1.0, generator=No
     # so every step commits at least one token and the last guess is still returned.
     n_mask = torch.floor(n * mask_schedule(r)).long()
     n_mask = torch.clamp(torch.minimum(unknown.sum(1, keepdim=True) - 1, n_mask), min=1)  # (B, 1)
-    # Random re-masking ("choice temperature"): noise that fades as decoding ends.
-    confidence = confidence + temperature * (1 - r) * gumbel_noise(confidence.shape, generator, confidence.device)
+    # Random re-masking ("choice temperature"): Gumbel noise that fades as decoding ends.
+    noise = remasking_noise(temperature, step, steps)
+    confidence = confidence + noise * gumbel_noise(confidence.shape, generator, confidence.device)
     cut_off = confidence.sort(dim=-1).values.gather(1, n_mask)           # (B, 1)
     remask = confidence < cut_off
     return codes, torch.where(remask, torch.full_like(tokens, cfg.mask_token_id), codes + cfg.image_offset)

@@ -221,3 +221,9 @@ def test_cli_errors_are_one_clear_line(micro, tmp_path):
     assert "cannot read image" in run_cli("--ckpt", path, "--image", tmp_path / "bad.png", "--question", "what?")
     if not torch.cuda.is_available():
         assert "no CUDA GPU" in run_cli("--ckpt", path, "--prompt", "a red circle", "--device", "cuda")
+
+
+def test_remasking_noise_compounds_as_in_the_released_sampler():
+    """4 steps: the running temperature is multiplied by 0.75, 0.5, 0.25, 0 in turn."""
+    assert [sampling.remasking_noise(1.0, step, 4) for step in range(4)] == [0.75, 0.375, 0.09375, 0.0]
+    assert sampling.remasking_noise(2.0, 0, 4) == 1.5

@@ -1,0 +1,145 @@
+"""Mutation check: would the test suite notice a plausible one-line mistake?
+
+A test suite is only as good as the wrong programs it rejects. Each entry of MUTATIONS
+below is one small, believable slip in a core function (a flipped sign, a shifted index,
+a wrong mask, an inverted condition, an off-by-one). For each, this script copies the
+repository to a temporary folder, makes that one change, runs the test suite there
+(stopping at the first failure) and reports whether some test failed ("killed") or the
+whole suite still passed ("SURVIVED": a hole in the tests).
+
+    python tests/mutate.py            # every mutation (several minutes)
+    python tests/mutate.py 3 7        # only mutations 3 and 7
+
+It is not collected by pytest (its name does not start with test_). Keep it at zero
+survivors: when you change a core function, add its likely mistakes here.
+"""
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# (file, exact text, replacement, what the mistake is)
+MUTATIONS = [
+    ("attention.py", "dtype=torch.bool, device=device).tril()", "dtype=torch.bool, device=device).triu()",
+     "causal mask looks forwards instead of backwards"),
+    ("attention.py", "real_rows = allowed & ~is_pad[:, None, :]", "real_rows = allowed",
+     "real tokens may attend to [PAD]"),
+    ("attention.py", "return (opened > closed) | on_boundary", "return opened > closed",
+     "<|soi|> / <|eoi|> left out of the bidirectional image span"),
+    ("attention.py", "return _hide_padding(causal | both_in_image, input_ids == pad_id)",
+     "return _hide_padding(causal, input_ids == pad_id)", "t2i image span causal instead of bidirectional"),
+    ("attention.py", "prefix = eoi_seen_before == 0", "prefix = eoi_seen_before < 0",
+     "understanding prefix causal instead of bidirectional"),
+    ("attention.py", "return _hide_padding(in_prefix[:, None, :] | (same_segment & causal), is_pad)",
+     "return _hide_padding(in_prefix[:, None, :] | causal, is_pad)",
+     "packed answers see each other"),
+    ("model.py", "angles = torch.cat([angles, angles], dim=-1)", "angles = angles.repeat_interleave(2, dim=-1)",
+     "rotary frequencies in the interleaved layout instead of rotate-half"),
+    ("model.py", "rotated_half = torch.cat([-second, first], dim=-1)", "rotated_half = torch.cat([second, -first], dim=-1)",
+     "rotary rotation in the wrong direction"),
+    ("model.py", "k = self.k_norm(self.split_heads(self.k(x)))", "k = self.split_heads(self.k(x))",
+     "QK-Norm forgotten on the keys"),
+    ("model.py", "return x + self.dropout(attended) + self.dropout(self.mlp(h)), keys_values",
+     "return x + self.dropout(attended) + self.dropout(self.mlp(x)), keys_values",
+     "MLP branch reads the un-normalised input"),
+    ("model.py", 'approximate="tanh"', 'approximate="none"', "exact GELU instead of Phi's tanh GELU"),
+    ("model.py", "labels[:, 1:].flatten(),", "labels[:, :-1].flatten(),", "next-token loss without the shift"),
+    ("model.py", "done |= next_id == cfg.eos_token_id", "done = next_id == cfg.eos_token_id",
+     "a finished answer forgets it has finished"),
+    ("model.py", "        if done.all():", "        if done.any():", "answers stop when the FIRST row is done"),
+    ("model.py", "        if stop_at_eos:", "        if False:", "the answer loop never stops at EOS"),
+    ("sampling.py", "remask = confidence < cut_off", "remask = confidence > cut_off",
+     "MaskGIT re-masks the most confident tokens"),
+    ("sampling.py", "r = (step + 1) / steps", "r = step / steps", "MaskGIT schedule one step behind"),
+    ("sampling.py", "return (1 + w) * cond_logits - w * uncond_logits",
+     "return (1 + w) * cond_logits + w * uncond_logits", "guidance adds the unconditional logits"),
+    ("sampling.py", "return torch.cos(torch.as_tensor(r, dtype=torch.float32) * math.pi / 2)",
+     "return torch.sin(torch.as_tensor(r, dtype=torch.float32) * math.pi / 2)", "mask schedule upside down"),
+    ("sampling.py", "shifted[:, :, :grid - half] = grid_codes[:, :, half:]",
+     "shifted[:, :, half:] = grid_codes[:, :, :grid - half]", "extending right keeps the wrong half"),
+    ("sampling.py", "logits = self.model.logits(hidden[:, 1:-1], slice(off, off + self.cfg.codebook_size))",
+     "logits = self.model.logits(hidden[:, :-2], slice(off, off + self.cfg.codebook_size))",
+     "cached t2i reads the image logits one position early"),
+    ("sampling.py", "positions = torch.arange(seen, total, device=ids.device).expand(ids.shape[0], -1)",
+     "positions = torch.arange(0, total - seen, device=ids.device).expand(ids.shape[0], -1)",
+     "KV-cached answer tokens restart their positions at 0"),
+    ("tokenizer.py", "powers = 2 ** torch.arange(bits - 1, -1, -1)", "powers = 2 ** torch.arange(bits)",
+     "LFQ code ids read with channel 0 as the LEAST significant bit"),
+    ("tokenizer.py", "return self.conv(F.pad(x, (0, 1, 0, 1)))", "return self.conv(F.pad(x, (1, 0, 1, 0)))",
+     "downsampling pads the top/left instead of the bottom/right"),
+    ("tokenizer.py", "return [cfg.pad_id] * (slots - len(ids)) + ids", "return ids + [cfg.pad_id] * (slots - len(ids))",
+     "caption padded on the right instead of the left"),
+    ("tokenizer.py", "best = min(pairs, key=lambda pair: ranks.get(pair, math.inf))",
+     "best = max(pairs, key=lambda pair: ranks.get(pair, -1))", "BPE applies the latest merge first"),
+    ("tokenizer.py", "            i += 2\n", "            i += 1\n", "a merge leaves its right half behind"),
+    ("tokenizer.py", "commit = ((q.detach() - z) ** 2).mean() + self.cfg.beta * ((q_st - z.detach()) ** 2).mean()",
+     "commit = ((q.detach() - z) ** 2).mean() + self.cfg.beta * ((q - z.detach()) ** 2).mean()",
+     "commitment's second term without the straight-through path"),
+    ("train.py", "captions = [[] if rng.random() < self.tc.caption_dropout else",
+     "captions = [[] if rng.random() > self.tc.caption_dropout else", "caption drop-out inverted (90% dropped)"),
+    ("train.py", "labels[:, -(n + 1):-1] = tokens.masked_fill(~masked, IGNORE)",
+     "labels[:, -(n + 1):-1] = tokens.masked_fill(masked, IGNORE)", "MTP loss on the visible tokens"),
+    ("train.py", 'if kind == "t2i":\n        return part.labels', 'if kind == "lm":\n        return part.labels',
+     "the t2i targets shifted like text"),
+    ("train.py", "return peak * (step + 1) / warmup", "return peak * step / warmup",
+     "warm-up starts at a learning rate of 0"),
+    ("train.py", 'rng = random.Random(f"{seed}/{rank}/{stage}/{step}")', 'rng = random.Random(f"{seed}/{rank}/{stage}")',
+     "every step draws the same batch"),
+]
+
+
+def copy_repository(target):
+    """The working tree without caches, outputs or git history."""
+    ignore = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "out", "*.pt.tmp", ".benchmarks")
+    shutil.copytree(ROOT, target, ignore=ignore, dirs_exist_ok=True)
+
+
+def run_suite(folder, timeout=900):
+    """(passed, first failing test) of `pytest -x` in `folder`."""
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-m", "not ddp", "-p", "no:cacheprovider"]
+    try:
+        result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False, "timed out"
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED") or line.startswith("ERROR")]
+    return result.returncode == 0, failed[0] if failed else ""
+
+
+def main(chosen):
+    survivors = []
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary) / "repo"
+        copy_repository(folder)
+        passed, failure = run_suite(folder)
+        if not passed:
+            sys.exit(f"the unchanged suite fails ({failure}): fix that first")
+        for number, (file, old, new, what) in enumerate(MUTATIONS, start=1):
+            if chosen and number not in chosen:
+                continue
+            path = folder / file
+            original = path.read_text()
+            if original.count(old) != 1:
+                sys.exit(f"mutation {number} ({what}): the text to change occurs {original.count(old)} times "
+                         f"in {file}; update MUTATIONS")
+            path.write_text(original.replace(old, new))
+            started = time.time()
+            passed, failure = run_suite(folder)
+            path.write_text(original)
+            verdict = "SURVIVED" if passed else "killed  "
+            print(f"{number:2d}. {verdict} {file}: {what} ({time.time() - started:.0f} s)"
+                  f"{'' if passed else '  <- ' + failure}", flush=True)
+            if passed:
+                survivors.append(number)
+    tried = len(chosen) if chosen else len(MUTATIONS)
+    print(f"\n{tried - len(survivors)} of {tried} mutations killed, {len(survivors)} survived"
+          f"{': ' + ', '.join(map(str, survivors)) if survivors else ''}")
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main({int(arg) for arg in sys.argv[1:]}))
