@@ -1,0 +1,73 @@
+"""The exercise mechanism of COURSE.md: a student's version runs against the project's tests.
+
+A right version written differently from the project's (loops instead of tensor
+operations) passes; a plausible wrong one fails, with a message that draws the row of the
+mask that is wrong.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+RIGHT = '''
+import torch
+
+def t2i_attention_mask(input_ids, pad_id, soi_id, eoi_id):
+    batch, length = input_ids.shape
+    allowed = torch.zeros(batch, length, length, dtype=torch.bool)
+    for b in range(batch):
+        ids = input_ids[b].tolist()
+        start, end = ids.index(soi_id), ids.index(eoi_id)
+        for row in range(length):
+            for col in range(length):
+                if ids[row] == pad_id:
+                    allowed[b, row, col] = ids[col] == pad_id and col <= row
+                elif ids[col] != pad_id:
+                    in_image = start <= row <= end and start <= col <= end
+                    allowed[b, row, col] = col <= row or in_image
+    return allowed
+'''
+
+# A plausible mistake: the picture attends causally, like the text.
+WRONG = '''
+import torch
+
+def t2i_attention_mask(input_ids, pad_id, soi_id, eoi_id):
+    length = input_ids.shape[1]
+    is_pad = input_ids == pad_id
+    causal = torch.ones(length, length, dtype=torch.bool).tril()[None]
+    real = causal & ~is_pad[:, None, :] & ~is_pad[:, :, None]
+    pads = causal & is_pad[:, None, :] & is_pad[:, :, None]
+    return real | pads
+'''
+
+
+def run_exercise(tmp_path, source):
+    student = tmp_path / "mine.py"
+    student.write_text(source)
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_attention.py", "-k", "t2i"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "SHOWO_EXERCISE": str(student)})
+
+
+def test_a_right_version_passes(tmp_path):
+    result = run_exercise(tmp_path, RIGHT)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "exercise: testing t2i_attention_mask from" in result.stdout
+
+
+def test_a_wrong_version_fails_and_shows_the_wrong_row(tmp_path):
+    result = run_exercise(tmp_path, WRONG)
+    assert result.returncode != 0
+    # The first wrong row is <soi>, which must see the whole picture ahead of it.
+    assert "t2i mask, row 7 (<soi>): may look at" in result.stdout
+    assert "expected . . # # # # # # # # # #" in result.stdout
+
+
+def test_a_file_with_no_exercise_in_it_is_a_usage_error(tmp_path):
+    result = run_exercise(tmp_path, "x = 1\n")
+    assert result.returncode != 0 and "defines none of" in result.stdout + result.stderr

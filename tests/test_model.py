@@ -1,0 +1,82 @@
+"""The transformer's parts (model.py) on examples small enough to work out by hand.
+
+test_parity.py checks the whole network against the released code; these say WHICH part
+is wrong when something is, and are the checks for the exercises of COURSE.md lessons 4-5.
+"""
+
+import math
+
+import pytest
+import torch
+
+from model import IGNORE, QKNormAttention, ShowoConfig, apply_rotary, mtp_loss, ntp_loss, rotary_cos_sin
+
+
+def rotate(x, position, dim=4, base=10000.0):
+    """apply_rotary on one head vector x (head_dim,) at one position."""
+    cos, sin = rotary_cos_sin(torch.tensor([[position]]), dim, base)
+    return apply_rotary(x.view(1, 1, 1, -1), cos, sin).flatten()
+
+
+def test_rotary_turns_channel_pairs_i_and_i_plus_half_by_position_times_frequency():
+    """head_dim 8, rotary on the first 4 channels: frequencies 1 and 1/100 (base 10000).
+
+    Rotate-half layout: channel 0 pairs with channel 2 (frequency 1), channel 1 with
+    channel 3 (frequency 1/100); channels 4-7 pass through untouched.
+    """
+    e = torch.eye(8)
+    assert torch.allclose(rotate(e[0], 1), torch.tensor([math.cos(1), 0, math.sin(1), 0, 0, 0, 0, 0]), atol=1e-6)
+    assert torch.allclose(rotate(e[2], 1), torch.tensor([-math.sin(1), 0, math.cos(1), 0, 0, 0, 0, 0]), atol=1e-6)
+    assert torch.allclose(rotate(e[1], 100), torch.tensor([0, math.cos(1), 0, math.sin(1), 0, 0, 0, 0]), atol=1e-5)
+    assert torch.equal(rotate(e[5], 37), e[5])
+    assert torch.equal(rotate(e[0], 0), e[0])
+
+
+def test_rotary_scores_depend_only_on_the_distance():
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 8, generator=gen)
+    near = rotate(q, 7) @ rotate(k, 4)
+    far = rotate(q, 107) @ rotate(k, 104)
+    assert near.item() == pytest.approx(far.item(), abs=1e-4)
+    assert near.item() != pytest.approx((rotate(q, 7) @ rotate(k, 5)).item(), abs=1e-4)
+
+
+def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
+    """LayerNorm on each head's q and k: scaling the q/k projections changes nothing.
+
+    (Without QK-Norm, 10x larger q and k make the softmax 100x sharper.)
+    """
+    torch.manual_seed(0)
+    cfg = ShowoConfig(hidden_size=16, num_heads=2, num_layers=1, intermediate_size=64)
+    layer = QKNormAttention(cfg)
+    for norm in (layer.q_norm, layer.k_norm):                # not the identity LayerNorm of a fresh layer
+        torch.nn.init.normal_(norm.weight)
+        torch.nn.init.normal_(norm.bias)
+    x = torch.randn(1, 5, 16)
+    allowed = torch.ones(1, 5, 5, dtype=torch.bool).tril()
+    cos, sin = rotary_cos_sin(torch.arange(5)[None], cfg.rotary_dim, cfg.rope_theta)
+    with torch.no_grad():
+        before, _ = layer(x, allowed, cos, sin)
+        for projection in (layer.q, layer.k):
+            projection.weight *= 10
+            projection.bias *= 10
+        after, _ = layer(x, allowed, cos, sin)
+    assert torch.allclose(before, after, atol=1e-4)
+
+
+def test_ntp_loss_shifts_by_one_and_skips_ignore():
+    """Position 0 predicts label 1 (class 0), position 1 predicts label 2 (class 1).
+
+    Position 0's logits (0, 0) give p = 1/2; position 1's (0, ln 3) give p(1) = 3/4.
+    """
+    logits = torch.tensor([[[0.0, 0.0], [0.0, math.log(3)], [5.0, -5.0]]])
+    labels = torch.tensor([[IGNORE, 0, 1]])
+    expected = (math.log(2) + math.log(4 / 3)) / 2
+    assert ntp_loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_mtp_loss_has_no_shift_and_counts_masked_places_only():
+    """Only position 1 is masked (label 1): its logits (0, ln 3) give p = 3/4."""
+    logits = torch.tensor([[[9.0, -9.0], [0.0, math.log(3)], [-9.0, 9.0]]])
+    labels = torch.tensor([[IGNORE, 1, IGNORE]])
+    assert mtp_loss(logits, labels).item() == pytest.approx(math.log(4 / 3), rel=1e-6)
