@@ -25,14 +25,17 @@ The file also holds the attention computation itself: `attend` (PyTorch's fused
 `scaled_dot_product_attention`) and `attend_explicit` (the same maths written out as the
 paper's softmax(QK^T/sqrt(d)) so a reader can see it; the tests check they agree).
 
-Run `python attention.py` to print small example masks.
+Run `python attention.py` to print small example masks (`--png DIR` draws them).
 Read next: model.py (the transformer that uses these masks).
 """
 
+import argparse
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 
 
 # ----------------------------------------------------------------------------------------
@@ -160,27 +163,61 @@ def show_mask(allowed, tokens=None):
     return "\n".join(rows)
 
 
-def _demo():
-    """Print the three rules on a toy vocabulary so the pattern can be seen."""
-    pad, soi, eoi, t2i, mmu, bos = 0, 1, 2, 3, 4, 5
-    word, img = 6, 7
-    names = {pad: "[PAD]", soi: "<soi>", eoi: "<eoi>", t2i: "<t2i>", mmu: "<mmu>",
-             bos: "BOS", word: "word", img: "img"}
+def mask_picture(allowed, tokens, cell=22):
+    """Draw one (L, L) mask as a PIL image: dark = may attend, light = may not.
 
+    Rows (who is looking) are labelled on the left, columns (who is looked at) on top.
+    """
+    length = allowed.shape[0]
+    margin = 8 * max(len(t) for t in tokens) + 10
+    image = Image.new("RGB", (margin + length * cell + 1, margin + length * cell + 1), "white")
+    draw = ImageDraw.Draw(image)
+    for i, row in enumerate(allowed.tolist()):
+        draw.text((4, margin + i * cell + 5), tokens[i], fill="black")
+        for j, may_attend in enumerate(row):
+            box = [margin + j * cell, margin + i * cell, margin + (j + 1) * cell, margin + (i + 1) * cell]
+            draw.rectangle(box, fill=(40, 90, 200) if may_attend else (235, 235, 235), outline="white")
+    for j, token in enumerate(tokens):                    # column labels, written upwards
+        label = Image.new("RGB", (margin - 4, cell), "white")
+        ImageDraw.Draw(label).text((2, 5), token.rjust(len(max(tokens, key=len))), fill="black")
+        image.paste(label.rotate(90, expand=True), (margin + j * cell, 2))
+    return image
+
+
+EXAMPLE_NAMES = {0: "[PAD]", 1: "<soi>", 2: "<eoi>", 3: "<t2i>", 4: "<mmu>", 5: "BOS", 6: "word", 7: "img"}
+
+
+def examples():
+    """The three rules on a toy vocabulary: (name, title, ids (1, L), mask (1, L, L))."""
+    pad, soi, eoi, t2i, mmu, bos, word, img = range(8)
     t2i_ids = torch.tensor([[pad, pad, t2i, bos, word, word, bos, soi, img, img, img, eoi]])
     mmu_ids = torch.tensor([[mmu, soi, img, img, img, eoi, bos, word, word, word]])
     lm_ids = torch.tensor([[bos, word, word, word, bos, pad, pad]])
-    examples = [
-        ("t2i: causal caption, bidirectional image (pads hidden)",
+    return [
+        ("t2i", "t2i: causal caption, bidirectional image (pads hidden)",
          t2i_ids, t2i_attention_mask(t2i_ids, pad, soi, eoi)),
-        ("mmu: bidirectional <mmu>+image prefix, causal question/answer",
+        ("mmu", "mmu: bidirectional <mmu>+image prefix, causal question/answer",
          mmu_ids, mmu_attention_mask(mmu_ids, pad, eoi)),
-        ("lm: causal", lm_ids, lm_attention_mask(lm_ids, pad)),
+        ("lm", "lm: causal", lm_ids, lm_attention_mask(lm_ids, pad)),
     ]
-    for title, ids, allowed in examples:
-        print(f"\n{title}\n")
-        print(show_mask(allowed[0], [names[t] for t in ids[0].tolist()]))
+
+
+def main(argv=None):
+    """Print the three masks as text, or with --png DIR draw them as pictures."""
+    parser = argparse.ArgumentParser(description="Show the three omni-attention masks.")
+    parser.add_argument("--png", type=Path, metavar="DIR", help="write t2i_mask.png, mmu_mask.png, lm_mask.png here")
+    args = parser.parse_args(argv)
+    for name, title, ids, allowed in examples():
+        tokens = [EXAMPLE_NAMES[t] for t in ids[0].tolist()]
+        if args.png:
+            args.png.mkdir(parents=True, exist_ok=True)
+            mask_picture(allowed[0], tokens).save(args.png / f"{name}_mask.png")
+        else:
+            print(f"\n{title}\n")
+            print(show_mask(allowed[0], tokens))
+    if args.png:
+        print(f"wrote t2i_mask.png, mmu_mask.png and lm_mask.png to {args.png}")
 
 
 if __name__ == "__main__":
-    _demo()
+    main()

@@ -208,12 +208,13 @@ def check_image_codes(codes, cfg):
 @torch.no_grad()
 def generate_image_codes(model, captions_ids, steps=DEFAULT_STEPS, guidance=DEFAULT_GUIDANCE,
                          temperature=1.0, generator=None, known_codes=None, progress=False,
-                         naive=False):
+                         naive=False, on_step=None):
     """Text-to-image (and inpainting when known_codes is given) -> (B, N) image codes.
 
     captions_ids: list of B token-id lists. known_codes: optional (B, N) long tensor with
     the code to keep at each position and -1 where the model should fill in. naive: use
-    FullRecomputeT2I instead of CachedPromptT2I (same codes, slower).
+    FullRecomputeT2I instead of CachedPromptT2I (same codes, slower). on_step(codes,
+    still_masked): called after every step with its full guess and what stays masked.
     """
     cfg = model.cfg
     if steps < 1:
@@ -230,6 +231,8 @@ def generate_image_codes(model, captions_ids, steps=DEFAULT_STEPS, guidance=DEFA
     codes = tokens - cfg.image_offset
     for step in tqdm(range(steps), desc="generating", disable=not progress, leave=False):
         codes, tokens = maskgit_step(tokens, image_logits(tokens), step, steps, cfg, temperature, generator)
+        if on_step:
+            on_step(codes, tokens == cfg.mask_token_id)
     return codes
 
 
@@ -364,6 +367,23 @@ def read_image(path, resolution):
     return resize_and_crop(image, resolution)
 
 
+def film_strip(frames, masked, grid, scale=4):
+    """MaskGIT step by step: one picture per step, the tokens still masked painted grey.
+
+    frames: (T, H, W, 3) uint8, each step's full guess decoded; masked: (T, grid*grid)
+    bool, what stays masked after that step (the model may still change those).
+    """
+    frames = frames.copy()
+    t, h, w, _ = frames.shape
+    cell = h // grid
+    for frame, hidden in zip(frames, masked.view(t, grid, grid).tolist()):
+        for row, cells in enumerate(hidden):
+            for col, is_masked in enumerate(cells):
+                if is_masked:
+                    frame[row * cell:(row + 1) * cell, col * cell:(col + 1) * cell] = 128
+    return image_grid(frames, columns=t, scale=scale)
+
+
 def image_grid(images, columns=None, scale=4):
     """Tile (B, H, W, 3) uint8 pictures into one enlarged PIL image (nearest-neighbour)."""
     b, h, w, _ = images.shape
@@ -437,7 +457,7 @@ class Session:
         picture = read_image(path, self.vq.cfg.resolution)
         return self.vq.encode(image_to_tensor(picture[None]).to(self.device))
 
-    def paint(self, task, prompts, known=None):
+    def paint(self, task, prompts, known=None, on_step=None):
         """Draw pictures for `prompts` (uint8 (B, H, W, 3)), with this task's settings."""
         steps, guidance, temperature = recommended_settings(self.extra, task)
         args = self.args
@@ -446,13 +466,25 @@ class Session:
         temperature = temperature if args.temperature is None else args.temperature
         captions = [encode_prompt(self.text_tokenizer, self.model.cfg, p) for p in prompts]
         codes = generate_image_codes(self.model, captions, steps, guidance, temperature, self.generator,
-                                     known, progress=True, naive=args.naive)
+                                     known, progress=True, naive=args.naive, on_step=on_step)
         return tensor_to_image(self.vq.decode(codes))
 
 
 def draw(session, prompts):
     """Text-to-image: one picture per prompt."""
     return session.paint("t2i", prompts)
+
+
+def film(session, prompt):
+    """Text-to-image for one prompt, every step kept: the film strip of MaskGIT decoding."""
+    frames, masked = [], []
+
+    def keep(codes, still_masked):
+        frames.append(codes.clone())
+        masked.append(still_masked.clone())
+    session.paint("t2i", [prompt], on_step=keep)
+    pictures = tensor_to_image(session.vq.decode(torch.cat(frames)))
+    return film_strip(pictures, torch.cat(masked).cpu(), session.vq.cfg.grid_size)
 
 
 def inpaint(session, image_path, mask_path, prompt):
@@ -485,9 +517,9 @@ def check_output(path, suffixes=(".png", ".jpg", ".jpeg", ".webp", ".bmp")):
     """Refuse an output path that cannot be written, before any work is done."""
     path = Path(path)
     if path.suffix.lower() not in suffixes:
-        raise UsageError(f"--out {path}: give a file name ending in {' or '.join(suffixes)}")
+        raise UsageError(f"{path}: give a file name ending in {' or '.join(suffixes)}")
     if not path.parent.is_dir():
-        raise UsageError(f"--out {path}: folder {path.parent} does not exist; create it first")
+        raise UsageError(f"{path}: folder {path.parent} does not exist; create it first")
     return path
 
 
@@ -530,7 +562,11 @@ def run(args):
         print(ask(Session(args), args.image, args.question))
         return
     prompts = prompts_of(args)
-    if args.image:
+    if args.film:
+        out = check_output(args.film)
+        film(Session(args), prompts[0]).save(out)
+        print(f"wrote {out}: the picture after each of the MaskGIT steps, still-masked tokens grey")
+    elif args.image:
         out = check_output(args.out or "edited.png")
         session = Session(args)
         picture = (inpaint(session, args.image, args.mask, prompts[0]) if args.mask
@@ -562,6 +598,7 @@ def main(argv=None):
     p.add_argument("--mask", help="inpainting mask image: white = repaint")
     p.add_argument("--extend", choices=["left", "right", "up", "down"], help="extrapolate the image")
     p.add_argument("--question", help="ask about --image (prints the answer)")
+    p.add_argument("--film", help="write a film strip PNG of MaskGIT decoding the (first) prompt, step by step")
     p.add_argument("--steps", type=int, help=f"MaskGIT steps (default: the checkpoint's for the task, "
                                              f"else {DEFAULT_STEPS})")
     p.add_argument("--guidance", type=float, help=f"guidance scale w (default: the checkpoint's for the task, "

@@ -13,6 +13,7 @@ last the "unified prompting" that lays text and image ids out in one sequence.
 Read next: attention.py, then model.py.
 """
 
+import argparse
 import json
 import math
 import re
@@ -21,10 +22,14 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
+
+from data import image_to_tensor, make_examples, tensor_to_image, text_corpus
 
 # =====================================================================================
 # Part 1: the text tokenizer (byte-level BPE)
@@ -870,3 +875,79 @@ def lm_sequences(texts_ids, cfg, length):
     """Language-modelling sequences BOS text EOS, cut to `length`, right-padded with [PAD]."""
     rows = [[cfg.bos_token_id, *ids, cfg.eos_token_id][:length] for ids in texts_ids]
     return torch.tensor([r + [cfg.pad_id] * (length - len(r)) for r in rows])
+
+
+# ========================================================================================
+# Seeing both tokenizers at work: python tokenizer.py bpe ... / lfq ...
+# ========================================================================================
+
+def show_bpe(text, vocab_size=512):
+    """Learn a BPE on shapes-world texts, then show its first merges and how `text` splits."""
+    tokenizer = TextTokenizer.train(text_corpus(20000, seed=0), vocab_size)
+    print(f"learned {len(tokenizer.merges)} merges on 20,000 shapes-world texts; the first ten:")
+    for left, right in tokenizer.merges[:10]:
+        print(f"  {token_to_bytes(left)!r:>10} + {token_to_bytes(right)!r:<10} -> {token_to_bytes(left + right)!r}")
+    ids = tokenizer.encode(text)
+    pieces = [tokenizer.decode([i]) for i in ids]
+    print(f"\n{text!r}: {len(text.encode())} bytes -> {len(ids)} tokens")
+    print("  " + " | ".join(pieces))
+    print(f"  ids {ids}")
+
+
+def code_colours(codes):
+    """A fixed, arbitrary colour per code id, so equal codes look equal: uint8 (..., 3)."""
+    return ((codes[..., None] * torch.tensor([2654435761, 40503, 2246822519])) >> 7) % 200 + 40
+
+
+def lfq_picture(vq, images):
+    """Originals (top), their code grids (middle; one colour per code) and reconstructions.
+
+    images: uint8 (B, H, W, 3). Returns a uint8 (3*H + 4, B*W + B - 1, 3) sheet.
+    """
+    with torch.no_grad():
+        codes = vq.encode(image_to_tensor(images))                          # (B, h*w)
+        rebuilt = tensor_to_image(vq.decode(codes))                         # (B, H, W, 3)
+    grid, side = vq.cfg.grid_size, images.shape[1]
+    cells = code_colours(codes).view(-1, grid, grid, 3).to(torch.uint8)
+    cells = cells.repeat_interleave(side // grid, 1).repeat_interleave(side // grid, 2).numpy()
+    rows = [torch.from_numpy(row) for row in (images, cells, rebuilt)]
+    sheet = torch.full((3 * side + 4, len(images) * (side + 1) - 1, 3), 255, dtype=torch.uint8)
+    for r, row in enumerate(rows):
+        for i, picture in enumerate(row):
+            sheet[r * (side + 2):r * (side + 2) + side, i * (side + 1):i * (side + 1) + side] = picture
+    return sheet.numpy()
+
+
+def show_lfq(ckpt, out, count=8):
+    """Draw how the image tokenizer of a checkpoint (train.py's) sees shapes-world pictures."""
+    blob = torch.load(ckpt, map_location="cpu", weights_only=True)     # the format: docs/checkpoints.md
+    vq = ImageTokenizer(ImageTokenizerConfig.from_dict(blob["vq_config"]))
+    vq.load_state_dict({k: v.float() for k, v in blob["vq"].items()})
+    images = np.stack([e.image for e in make_examples(count, seed=1234)])
+    sheet = Image.fromarray(lfq_picture(vq.eval(), images))
+    sheet.resize((sheet.width * 4, sheet.height * 4), Image.NEAREST).save(out)
+    codes = vq.encode(torch.from_numpy(images).movedim(-1, 1).float() / 127.5 - 1)
+    print(f"wrote {out}: {count} pictures, their {vq.cfg.grid_size}x{vq.cfg.grid_size} codes "
+          f"({len(codes.unique())} different ones of {vq.cfg.codebook_size}) and the reconstructions")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="See the two tokenizers at work.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    bpe = sub.add_parser("bpe", help="learn a small BPE and split a text with it")
+    bpe.add_argument("text", nargs="?", default="a purple triangle at the bottom left")
+    lfq = sub.add_parser("lfq", help="draw pictures, their LFQ codes and their reconstructions")
+    lfq.add_argument("--ckpt", required=True, help="a checkpoint from train.py (e.g. out/tiny.pt)")
+    lfq.add_argument("--png", default="lfq.png")
+    args = parser.parse_args(argv)
+    if args.command == "bpe":
+        show_bpe(args.text)
+    elif not Path(args.ckpt).is_file():
+        raise SystemExit(f"error: checkpoint {args.ckpt} not found: run `python train.py --tiny` first "
+                         f"(or `python train.py --preset micro` for a quick, rough one)")
+    else:
+        show_lfq(args.ckpt, args.png)
+
+
+if __name__ == "__main__":
+    main()

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 from torch.utils.flop_counter import (FlopCounterMode, flop_registry, register_flop_formula,
                                       sdpa_backward_flop_count, sdpa_flop_count)
 from tqdm import tqdm
@@ -725,8 +725,66 @@ def evaluate(model, vq, text_tokenizer, tc, device):
     }
 
 
+SCORE_LABELS = {"t2i_one": "t2i, one object", "t2i_two": "t2i, two objects", "t2i_novel": "t2i, held-out pairs",
+                "vqa": "VQA", "caption": "captions", "caption_novel": "captions, held-out pairs"}
+
+
 def format_scores(scores):
     return "; ".join(f"{SCORE_NAMES[k]} {scores[k]:.0%}" for k in SCORE_NAMES if k in scores)
+
+
+# ----------------------------------------------------------------------------------------
+# The training curves, drawn with PIL (no plotting library needed)
+# ----------------------------------------------------------------------------------------
+
+CURVE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
+
+
+def line_chart(series, title, x_label, y_low, y_high, size=(420, 260)):
+    """A PIL line chart of {name: (xs, ys)}: axes with their ranges written on, and a legend."""
+    width, height = size
+    left, right, top, bottom = 44, 10, 22, 30
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((left, 4), title, fill="black")
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    x_high = max((max(xs) for xs, _ in series.values() if len(xs)), default=1) or 1
+    for y_value in (y_low, (y_low + y_high) / 2, y_high):
+        y = height - bottom - (y_value - y_low) / (y_high - y_low) * (height - top - bottom)
+        draw.text((2, y - 6), f"{y_value:g}", fill="black")
+    draw.text((left, height - bottom + 4), "0", fill="black")
+    draw.text((width - right - 60, height - bottom + 4), f"{x_high:g} {x_label}", fill="black")
+    for k, (name, (xs, ys)) in enumerate(series.items()):
+        colour = CURVE_COLOURS[k % len(CURVE_COLOURS)]
+        points = [(left + x / x_high * (width - left - right),
+                   height - bottom - (min(max(y, y_low), y_high) - y_low) / (y_high - y_low) * (height - top - bottom))
+                  for x, y in zip(xs, ys)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for point in points if len(points) < 12 else []:
+            draw.ellipse([point[0] - 2, point[1] - 2, point[0] + 2, point[1] + 2], fill=colour)
+        draw.text((width - right - 150, top + 4 + 12 * k), name, fill=colour)
+    return image
+
+
+def curves_picture(history, scores):
+    """Losses per objective over steps (left) and held-out scores over training TFLOP (right)."""
+    smooth = 10
+    losses = {}
+    for kind in (history[0] if history else {}):
+        values = [h[kind] for h in history]
+        averaged = [np.mean(values[max(0, i - smooth + 1):i + 1]) for i in range(len(values))]
+        losses[f"{kind} loss"] = (list(range(1, len(values) + 1)), averaged)
+    top = max((max(ys) for _, ys in losses.values()), default=1.0)
+    charts = [line_chart(losses, f"training losses ({smooth}-step average)", "steps", 0, round(top + 0.5))]
+    if scores:
+        tflop = [s["tflop"] for s in scores]
+        series = {SCORE_LABELS[k]: (tflop, [100 * s[k] for s in scores]) for k in SCORE_LABELS}
+        charts.append(line_chart(series, "held-out scores (%)", "TFLOP", 0, 100))
+    sheet = Image.new("RGB", (sum(c.width for c in charts), charts[0].height), "white")
+    for i, chart in enumerate(charts):
+        sheet.paste(chart, (i * charts[0].width, 0))
+    return sheet
 
 
 SAMPLE_PROMPTS = ["a red circle in the center", "a blue square at the top left",
@@ -904,7 +962,8 @@ def main(argv=None):
         if scored:
             evaluate_at(tc.steps)
             checkpoint(state)
-        say(run, f"done in {time.time() - started:.0f} s")
+        curves_picture(state.history, state.scores).save(args.out_dir / "curves.png")
+        say(run, f"wrote {args.out_dir / 'curves.png'}; done in {time.time() - started:.0f} s")
     run.close()
 
 
