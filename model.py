@@ -94,12 +94,13 @@ class ShowoConfig:
 
     @classmethod
     def preset(cls, name, **overrides):
-        """A named size: 'showo-256', 'showo-512' (released) or 'tiny' (trains on a CPU)."""
+        """A released size: 'showo-256' (256 px pictures) or 'showo-512' (512 px).
+
+        (train.py's presets describe the small models trained from scratch.)
+        """
         presets = {
             "showo-256": dict(num_vq_tokens=256),
             "showo-512": dict(num_vq_tokens=1024),
-            "tiny": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024,
-                         max_position_embeddings=256),
         }
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}: choose one of {sorted(presets)}")
@@ -364,3 +365,44 @@ def mtp_loss(logits, labels):
     No shift: the labels hold the original image token at masked positions, IGNORE elsewhere.
     """
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+
+
+# ----------------------------------------------------------------------------------------
+# 4. Looking at the network: python model.py
+# ----------------------------------------------------------------------------------------
+
+def parameter_table(cfg):
+    """(part, parameters) rows of a Showo built on the meta device (no memory, instant)."""
+    with torch.device("meta"):
+        model = Showo(cfg)
+    block = model.blocks[0]
+    count = lambda module: sum(p.numel() for p in module.parameters())   # noqa: E731
+    return [
+        ("token embedding (text + special + image codes + [MASK])", count(model.embed)),
+        ("per layer: q, k, v, out projections", count(block.attn) - count(block.attn.q_norm) - count(block.attn.k_norm)),
+        ("per layer: QK-Norm (LayerNorm on each head's q and k)", count(block.attn.q_norm) + count(block.attn.k_norm)),
+        ("per layer: MLP fc1, fc2", count(block.mlp)),
+        ("per layer: input LayerNorm", count(block.norm)),
+        (f"all {cfg.num_layers} layers", count(model.blocks)),
+        ("final LayerNorm + lm_head (not tied to the embedding)", count(model.norm_f) + count(model.lm_head)),
+        ("total", count(model)),
+    ]
+
+
+def main():
+    """Print where the released model's 1.45 billion parameters are."""
+    cfg = ShowoConfig.preset("showo-256")
+    print(f"Show-o (released size): hidden {cfg.hidden_size}, {cfg.num_layers} layers x {cfg.num_heads} heads "
+          f"(head {cfg.head_dim}, rotary on its first {cfg.rotary_dim} channels), MLP {cfg.intermediate_size}, "
+          f"vocabulary {cfg.vocab_size}")
+    table = parameter_table(cfg)
+    for part, params in table:
+        print(f"  {part:<58} {params:>14,}")
+    total, embedding = table[-1][1], table[0][1]
+    print(f"A token costs about 2 x {(total - embedding) / 1e9:.2f}B = {2 * (total - embedding) / 1e9:.1f} GFLOP "
+          f"forward (every weight but the embedding once, plus attention), 3x that to train; "
+          f"the weights take {2 * total / 1e9:.1f} GB in bf16.")
+
+
+if __name__ == "__main__":
+    main()
