@@ -3,7 +3,7 @@
 Show-o §3.4 (inference) decodes images by MaskGIT steps and answers token by token. The
 simple way recomputes the whole sequence at every step; sampling.py's fast paths reuse
 what omni-attention says cannot change (CachedPromptT2I: the prompt's keys/values;
-CachedPrefixMMU: the keys/values of every token already seen). This script measures, in
+CachedNextToken: the keys/values of every token already seen). This script measures, in
 one run:
 
 * t2i: one image generation (256 image tokens, 129 text slots, 18 steps, guidance on),

@@ -289,9 +289,13 @@ class Showo(nn.Module):
         """
         return F.linear(hidden, self.lm_head.weight[vocab], self.lm_head.bias[vocab]).float()
 
+    def understanding_mask(self, ids):
+        """The omni-attention mask of understanding sequences (attention.mmu_attention_mask)."""
+        return mmu_attention_mask(ids, self.cfg.pad_id, self.cfg.eoi_id)
+
     def next_token_logits(self, ids):
         """(B, L) understanding sequences -> (B, V) logits of token L, recomputing everything."""
-        return self(ids, mmu_attention_mask(ids, self.cfg.pad_id, self.cfg.eoi_id))[:, -1]
+        return self(ids, self.understanding_mask(ids))[:, -1]
 
     @torch.no_grad()
     def generate_text(self, input_ids, max_new_tokens, temperature=0.0, top_k=None,
@@ -299,7 +303,7 @@ class Showo(nn.Module):
         """Continue understanding sequences token by token (Show-o §3.4, MMU inference).
 
         The simple way: recompute the whole sequence under the MMU mask for every new
-        token (sampling.py's CachedPrefixMMU is the fast way). Arguments and result are
+        token (sampling.py's CachedNextToken is the fast way). Arguments and result are
         those of `decode_text`.
         """
         return decode_text(self.next_token_logits, input_ids, max_new_tokens, self.cfg,

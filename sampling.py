@@ -13,7 +13,7 @@ Show-o §3.4 ("Inference"). One network, two decoding procedures:
 
 Each procedure comes two ways, with the same results: the simple one recomputes the whole
 sequence at every step (FullRecomputeT2I, Showo.generate_text; `--naive`), the fast one
-never computes the same thing twice (CachedPromptT2I, CachedPrefixMMU). Omni-attention is
+never computes the same thing twice (CachedPromptT2I, CachedNextToken). Omni-attention is
 what makes the fast one exact: caption rows never look at the image, so the caption's
 keys/values are the same at every MaskGIT step; answer rows never look at later tokens, so
 each token's keys/values are computed once. bench.py measures the difference.
@@ -41,9 +41,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from attention import mmu_attention_mask, t2i_attention_mask
+from attention import lm_attention_mask, t2i_attention_mask
 from checkpoint import CheckpointError, load_checkpoint
-from model import decode_text
+from model import decode_text, pick_token
 from data import image_to_tensor, resize_and_crop, tensor_to_image
 from tokenizer import mmu_sequences, t2i_sequences
 
@@ -236,6 +236,69 @@ def generate_image_codes(model, captions_ids, steps=DEFAULT_STEPS, guidance=DEFA
     return codes
 
 
+class UsageError(Exception):
+    """Bad input; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------------------
+# 1b. The autoregressive baseline: one image token at a time (Chameleon / LlamaGen style)
+# ----------------------------------------------------------------------------------------
+#
+# What Show-o argues against (arXiv 2408.12528v7, §1 "Introduction"): drawing a picture
+# token by token, left to right and top to bottom, with a causal mask over the picture. A
+# model trained with `train.py --image-objective ar` is drawn this way; everything else
+# (caption, prompt layout, guidance, the image tokenizer) is the same.
+
+@torch.no_grad()
+def generate_image_codes_ar(model, captions_ids, guidance=DEFAULT_GUIDANCE, temperature=1.0, top_k=None,
+                            generator=None, progress=False, naive=False, on_step=None):
+    """Text-to-image, raster order: N forward passes for N image tokens -> (B, N) codes.
+
+    Each pass gives the next token's logits over the image codes, guided like LlamaGen's
+    ((1 + w) * cond - w * uncond, the unconditional prompt in the same batch), and samples
+    it (temperature, optionally among the top_k). The prompt and every token drawn are
+    cached (CachedNextToken, under the causal mask), so each pass runs one new token;
+    naive recomputes the whole sequence each time (same codes, slower).
+    """
+    cfg = model.cfg
+    device = next(model.parameters()).device
+    prompts = list(captions_ids) + ([[]] * len(captions_ids) if guidance else [])
+    blank = torch.zeros(len(prompts), 0, dtype=torch.long, device=device)
+    ids = t2i_sequences(prompts, blank, cfg)[:, :-1]                    # text slots + <|soi|>
+    causal = lambda ids: lm_attention_mask(ids, cfg.pad_id)             # noqa: E731
+    next_logits = (lambda ids: model(ids, causal(ids))[:, -1]) if naive else CachedNextToken(model, causal)
+    codes = torch.zeros(len(captions_ids), 0, dtype=torch.long, device=device)
+    off = cfg.image_offset
+    for _ in tqdm(range(cfg.num_vq_tokens), desc="generating", disable=not progress, leave=False):
+        logits = next_logits(ids)[:, off:off + cfg.codebook_size].float()      # (rows, K)
+        if guidance:
+            logits = guide(*logits.chunk(2), guidance)
+        code = pick_token(logits, temperature, top_k, generator)                 # (B,)
+        codes = torch.cat([codes, code[:, None]], dim=1)
+        ids = torch.cat([ids, (code + off).repeat(len(prompts) // len(code))[:, None]], dim=1)
+        if on_step:
+            unknown = torch.ones(len(code), cfg.num_vq_tokens, dtype=torch.bool, device=device)
+            unknown[:, :codes.shape[1]] = False
+            on_step(torch.cat([codes, codes.new_zeros(len(code), cfg.num_vq_tokens - codes.shape[1])], 1), unknown)
+    return codes
+
+
+def generate_pictures(model, captions_ids, objective, settings, generator=None, known_codes=None,
+                      progress=False, naive=False, on_step=None):
+    """(B, N) codes with the decoder the model was trained for: MaskGIT (mtp) or raster order (ar).
+
+    settings: {"steps", "guidance", "temperature", "top_k"} (steps: MaskGIT only; top_k: ar only).
+    """
+    if objective == "ar":
+        if known_codes is not None:
+            raise UsageError("inpainting and extrapolation need a MaskGIT (mtp) checkpoint: a model that draws "
+                             "left to right cannot fill a hole from both sides")
+        return generate_image_codes_ar(model, captions_ids, settings["guidance"], settings["temperature"],
+                                       settings.get("top_k"), generator, progress, naive, on_step)
+    return generate_image_codes(model, captions_ids, settings["steps"], settings["guidance"],
+                                settings["temperature"], generator, known_codes, progress, naive, on_step)
+
+
 # ----------------------------------------------------------------------------------------
 # 2. Inpainting and extrapolation: the same loop from a partly known picture
 # ----------------------------------------------------------------------------------------
@@ -291,22 +354,24 @@ def left_pad(rows, pad_id):
     return torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
 
 
-class CachedPrefixMMU:
-    """Next-token logits for understanding sequences, each token run through the network once.
+class CachedNextToken:
+    """Next-token logits for growing sequences, each token run through the network once.
 
     A drop-in for Showo.next_token_logits: called with the (B, L) ids so far, it returns
-    the (B, V) logits of token L. Under the MMU mask no row looks at a later token (the
-    bidirectional image prefix only looks at itself), so the keys/values of tokens already
-    seen never change: the first call runs the whole prompt (image prefix + question) and
-    keeps every layer's keys/values; each later call runs only the newly appended token.
+    the (B, V) logits of token L. mask_rule(ids) gives the (B, L, L) attention mask: the
+    understanding mask for answers, the causal one for pictures drawn token by token
+    (generate_image_codes_ar). Under both, no row looks at a later token (the bidirectional
+    image prefix of an answer only looks at itself), so the keys/values of tokens already
+    seen never change: the first call runs the whole prompt and keeps every layer's
+    keys/values; each later call runs only the newly appended token.
 
-    Ragged questions: the batch is left-padded (see `left_pad`), so every row's new token
+    Ragged prompts: the batch is left-padded (see `left_pad`), so every row's new token
     lands in the same column and the cache stays one rectangle that grows by one column per
     token. Each new token keeps the position id and mask row it has in the full sequence.
     """
 
-    def __init__(self, model):
-        self.model, self.cfg = model, model.cfg
+    def __init__(self, model, mask_rule):
+        self.model, self.mask_rule = model, mask_rule
         self.past = None          # one (k, v) per layer, each (B, H, length, hd)
         self.length = 0           # how many tokens the cache holds
 
@@ -314,7 +379,7 @@ class CachedPrefixMMU:
         seen, total = self.length, ids.shape[1]
         # The new rows of the same mask the full recompute uses. Building all (B, L, L) of it
         # costs far less than one layer, and keeps the rule in one place (attention.py).
-        allowed = mmu_attention_mask(ids, self.cfg.pad_id, self.cfg.eoi_id)[:, seen:]  # (B, new, L)
+        allowed = self.mask_rule(ids)[:, seen:]                          # (B, new, L)
         positions = torch.arange(seen, total, device=ids.device).expand(ids.shape[0], -1)
         hidden, self.past = self.model.forward_with_cache(ids[:, seen:], allowed, positions, self.past)
         self.length = total
@@ -325,7 +390,7 @@ class CachedPrefixMMU:
 def generate_text_cached(model, input_ids, max_new_tokens, temperature=0.0, top_k=None,
                          generator=None, stop_at_eos=True, text_only=False):
     """Showo.generate_text with a KV cache: the same tokens, one token's work per step."""
-    return decode_text(CachedPrefixMMU(model), input_ids, max_new_tokens, model.cfg,
+    return decode_text(CachedNextToken(model, model.understanding_mask), input_ids, max_new_tokens, model.cfg,
                        temperature, top_k, generator, stop_at_eos, text_only)
 
 
@@ -353,10 +418,6 @@ def answer_questions(model, image_codes, questions_ids, max_new_tokens=32, tempe
 # ----------------------------------------------------------------------------------------
 # 4. Pictures in and out
 # ----------------------------------------------------------------------------------------
-
-class UsageError(Exception):
-    """Bad command-line input; the message says what to do."""
-
 
 def read_image(path, resolution):
     """An image file -> (resolution, resolution, 3) uint8, shorter side resized, centre-cropped."""
@@ -405,14 +466,13 @@ TASKS = ("t2i", "inpainting", "extrapolation")
 
 
 def recommended_settings(extra, task):
-    """(steps, guidance, temperature) that a checkpoint recommends for a picture task.
+    """{"steps", "guidance", "temperature", "top_k"} a checkpoint recommends for a picture task.
 
     train.py stores the settings its scores were measured with; checkpoint.py convert
     stores the authors' published ones, which differ by task and resolution.
     """
-    chosen = extra.get("sampling", {}).get(task, {})
-    return (chosen.get("steps", DEFAULT_STEPS), chosen.get("guidance", DEFAULT_GUIDANCE),
-            chosen.get("temperature", 1.0))
+    defaults = {"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, "temperature": 1.0, "top_k": None}
+    return {**defaults, **extra.get("sampling", {}).get(task, {})}
 
 
 def encode_prompt(text_tokenizer, cfg, text):
@@ -451,6 +511,8 @@ class Session:
         dtype = torch.bfloat16 if self.device == "cuda" else None
         self.model, self.vq, self.text_tokenizer, self.extra = load_checkpoint(args.ckpt, self.device, dtype)
         self.generator = torch.Generator(self.device).manual_seed(args.seed)
+        # Which way the checkpoint draws pictures: MaskGIT (Show-o) or raster order (the AR baseline).
+        self.objective = self.extra.get("image_objective", "mtp")
 
     def encode_image(self, path):
         """An image file -> (1, N) codes, read at the size the image tokenizer works at."""
@@ -459,14 +521,11 @@ class Session:
 
     def paint(self, task, prompts, known=None, on_step=None):
         """Draw pictures for `prompts` (uint8 (B, H, W, 3)), with this task's settings."""
-        steps, guidance, temperature = recommended_settings(self.extra, task)
-        args = self.args
-        steps = steps if args.steps is None else args.steps
-        guidance = guidance if args.guidance is None else args.guidance
-        temperature = temperature if args.temperature is None else args.temperature
+        settings = recommended_settings(self.extra, task)
+        chosen = {name: getattr(self.args, name) for name in settings if getattr(self.args, name) is not None}
         captions = [encode_prompt(self.text_tokenizer, self.model.cfg, p) for p in prompts]
-        codes = generate_image_codes(self.model, captions, steps, guidance, temperature, self.generator,
-                                     known, progress=True, naive=args.naive, on_step=on_step)
+        codes = generate_pictures(self.model, captions, self.objective, {**settings, **chosen}, self.generator,
+                                  known, progress=True, naive=self.args.naive, on_step=on_step)
         return tensor_to_image(self.vq.decode(codes))
 
 
@@ -483,6 +542,9 @@ def film(session, prompt):
         frames.append(codes.clone())
         masked.append(still_masked.clone())
     session.paint("t2i", [prompt], on_step=keep)
+    if len(frames) > 16:                   # raster order takes one step per token: show 16 of them
+        keep_steps = torch.linspace(0, len(frames) - 1, 16).round().long().tolist()
+        frames, masked = [frames[i] for i in keep_steps], [masked[i] for i in keep_steps]
     pictures = tensor_to_image(session.vq.decode(torch.cat(frames)))
     return film_strip(pictures, torch.cat(masked).cpu(), session.vq.cfg.grid_size)
 
@@ -606,7 +668,8 @@ def main(argv=None):
     p.add_argument("--temperature", type=float,
                    help="pictures: noise on the re-masking choice (default: the checkpoint's, else 1); "
                         "answers: sampling temperature with --sample or --top-k (default 1)")
-    p.add_argument("--top-k", type=int, help="answers: sample from the k most likely tokens")
+    p.add_argument("--top-k", type=int, help="answers, and pictures of an autoregressive checkpoint: sample "
+                                             "from the k most likely tokens")
     p.add_argument("--sample", action="store_true", help="answers: sample instead of greedy")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)

@@ -46,7 +46,7 @@ import data
 from attention import lm_attention_mask, shared_picture_attention_mask, t2i_attention_mask
 from checkpoint import CheckpointError, load_checkpoint, materialize, save_checkpoint
 from model import IGNORE, SPECIAL_TOKENS, Showo, ShowoConfig
-from sampling import TASKS, UsageError, answer_questions, generate_image_codes, image_grid, pick_device
+from sampling import TASKS, UsageError, answer_questions, generate_pictures, image_grid, pick_device
 from tokenizer import ImageTokenizer, ImageTokenizerConfig, TextTokenizer, lm_sequences, t2i_sequences
 
 
@@ -85,6 +85,9 @@ class TrainConfig:
     batch_t2i: int = 40
     batch_mmu: int = 24
     batch_lm: int = 8
+    # How pictures are modelled: "mtp" (Show-o: masked tokens, bidirectional, MaskGIT
+    # decoding) or "ar" (the baseline Show-o argues against: raster order, causal, next-token)
+    image_objective: str = "mtp"
     mmu_questions: int = 1          # question-answer pairs per picture in one understanding row
     mmu_answer_only: bool = False   # NTP loss on the answers only (else question + answer)
     # The reference fine-tunes a pretrained 1.3B model at 1e-4; a 5M model trained from
@@ -103,6 +106,7 @@ class TrainConfig:
     sample_steps: int = 12
     guidance: float = 1.5
     sample_temperature: float = 1.0
+    sample_top_k: int = 0           # ar only: sample among the k most likely codes (0: all)
     # a checkpoint every save_every transformer steps (and on Ctrl-C); scores every
     # eval_every steps for the learning curve (0: only at the end)
     save_every: int = 100
@@ -123,6 +127,10 @@ class TrainConfig:
         for name in ["lr", "vq_lr"]:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} = {getattr(self, name)}: must be positive")
+        if self.image_objective not in ("mtp", "ar"):
+            raise ValueError(f"image_objective = {self.image_objective!r}: choose mtp (Show-o) or ar")
+        if self.sample_top_k < 0:
+            raise ValueError(f"sample_top_k = {self.sample_top_k}: must not be negative (0: no limit)")
         if not 0 <= self.caption_dropout < 1:
             raise ValueError(f"caption_dropout = {self.caption_dropout}: must be in [0, 1)")
         if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 4:
@@ -456,12 +464,21 @@ class MixedBatches:
         return parts
 
     def t2i(self, picks, rng, gen):
-        """Caption + partly masked picture. Labels: the original token at masked places only."""
+        """Caption + partly masked picture. Labels: the original token at masked places only.
+
+        With image_objective "ar" the picture is not masked: every image token is a label,
+        predicted from the ones before it under a causal mask (see prediction_targets).
+        """
         cfg, n = self.cfg, self.cfg.num_vq_tokens
         # Caption drop-out: an empty caption is the unconditional prompt, so the same
         # network learns p(image) too, which classifier-free guidance needs at sampling.
         captions = [[] if rng.random() < self.tc.caption_dropout else self.captions[i] for i in picks]
         tokens = self.codes[picks] + cfg.image_offset                         # (B, N)
+        if self.tc.image_objective == "ar":
+            ids = t2i_sequences(captions, tokens, cfg)
+            labels = torch.full_like(ids, IGNORE)
+            labels[:, -(n + 1):-1] = tokens
+            return Part(ids, labels, lm_attention_mask(ids, cfg.pad_id))
         # Mask ratio cos(t*pi/2), t ~ U(0, 1): the same schedule sampling walks through.
         t = torch.rand(len(picks), generator=gen)
         n_masked = (n * torch.cos(t * math.pi / 2)).round().clamp(min=1)       # (B,)
@@ -512,13 +529,14 @@ class MixedBatches:
         return Part(ids, ids.masked_fill(ids == cfg.pad_id, IGNORE), lm_attention_mask(ids, cfg.pad_id))
 
 
-def prediction_targets(part, kind):
+def prediction_targets(part, kind, objective="mtp"):
     """What each position must predict: an MTP row its own label, an NTP row the next one.
 
     This is the shift inside ntp_loss / mtp_loss (model.py), done before the network runs
-    so that lm_head only has to run where there is a target.
+    so that lm_head only has to run where there is a target. With the "ar" image
+    objective, t2i rows are NTP rows too (<|soi|> predicts the first image token, ...).
     """
-    if kind == "t2i":
+    if kind == "t2i" and objective == "mtp":
         return part.labels
     targets = torch.full_like(part.labels, IGNORE)
     targets[:, :-1] = part.labels[:, 1:]
@@ -555,7 +573,7 @@ def mixed_loss(forward, parts, tc, device):
     """
     parts = {kind: Part(p.ids.to(device), p.labels.to(device), p.allowed.to(device), p.positions.to(device))
              for kind, p in parts.items()}
-    targets = {kind: prediction_targets(part, kind) for kind, part in parts.items()}
+    targets = {kind: prediction_targets(part, kind, tc.image_objective) for kind, part in parts.items()}
     logits = forward(parts, targets)
     losses = {kind: F.cross_entropy(logits[kind], targets[kind][targets[kind] != IGNORE]) for kind in parts}
     total = sum(getattr(tc, LOSS_WEIGHT[kind]) * loss for kind, loss in losses.items())
@@ -578,9 +596,9 @@ class Run:
     meter: ComputeMeter = None
 
     def extra(self):
-        settings = {"steps": self.tc.sample_steps, "guidance": self.tc.guidance,
-                    "temperature": self.tc.sample_temperature}
+        settings = sampling_settings(self.tc)
         return {"sampling": {task: settings for task in TASKS}, "question_template": "{question}",
+                "image_objective": self.tc.image_objective,
                 "preset": self.preset, "train_config": config_to_dict(self.tc),
                 "train_state": {"step": self.step, "optimizer": self.optimizer},
                 "loss_history": self.history, "scores": self.scores, "compute": self.meter.to_dict()}
@@ -591,6 +609,12 @@ class Run:
         return cls(config_from_dict(extra["train_config"]), extra.get("preset", "tiny"), state["step"],
                    materialize(state["optimizer"]), list(extra.get("loss_history", [])), list(extra.get("scores", [])),
                    ComputeMeter(compute.get("flops"), compute.get("seconds")))
+
+
+def sampling_settings(tc):
+    """The recipe's picture-drawing settings, as sampling.generate_pictures takes them."""
+    return {"steps": tc.sample_steps, "guidance": tc.guidance, "temperature": tc.sample_temperature,
+            "top_k": tc.sample_top_k or None}
 
 
 def save(path, model, vq, text_tokenizer, state):
@@ -665,8 +689,8 @@ def t2i_match_rate(model, vq, text_tokenizer, prompts, tc, seed, batch=64):
     hits = 0
     for i in range(0, len(prompts), batch):
         chunk = prompts[i:i + batch]
-        codes = generate_image_codes(model, [text_tokenizer.encode(p) for p in chunk], tc.sample_steps,
-                                     tc.guidance, tc.sample_temperature, generator=gen)
+        codes = generate_pictures(model, [text_tokenizer.encode(p) for p in chunk], tc.image_objective,
+                                  sampling_settings(tc), gen)
         pictures = decode_all(vq, codes)
         hits += sum(data.matches(as_world_picture(picture), prompt) for picture, prompt in zip(pictures, chunk))
     return hits / len(prompts)
@@ -839,6 +863,8 @@ def parse_args(argv):
                    help="override any TrainConfig field, e.g. --set steps=800 --set vq_ch_mult=1,2,4")
     p.add_argument("--seed", type=int, help="shorthand for --set seed=N")
     p.add_argument("--steps", type=int, help="shorthand for --set steps=N (transformer steps)")
+    p.add_argument("--image-objective", choices=["mtp", "ar"],
+                   help="shorthand for --set image_objective=...: mtp (Show-o, the default) or ar (raster order)")
     p.add_argument("--out-dir", type=Path, default=Path("out"))
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue OUT_DIR/PRESET.pt where it stopped")
@@ -852,7 +878,8 @@ def parse_args(argv):
 def recipe(args):
     """(preset name, TrainConfig) from the preset and the overrides; ValueError when bad."""
     preset = "tiny" if args.tiny else args.preset
-    shorthands = [f"{name}={value}" for name, value in (("seed", args.seed), ("steps", args.steps))
+    shorthands = [f"{name}={value}" for name, value in (("seed", args.seed), ("steps", args.steps),
+                                                        ("image_objective", args.image_objective))
                   if value is not None]
     tc = override(PRESETS[preset], shorthands + args.set)
     tc.check()
@@ -863,7 +890,7 @@ def check_arguments(args, path):
     """Fail early, in one line, on options that cannot work together."""
     if args.resume and (args.init or args.tokenizers_from):
         raise ValueError("--resume continues a run as it was: drop --init / --tokenizers-from")
-    if args.resume and (args.set or args.seed is not None or args.steps is not None):
+    if args.resume and (args.set or args.seed is not None or args.steps is not None or args.image_objective):
         raise ValueError("--resume keeps the checkpoint's recipe (same schedule, same data): drop --set/--seed/--steps")
     if args.resume and not path.exists():
         raise ValueError(f"nothing to resume: {path} does not exist (start without --resume)")
@@ -955,8 +982,8 @@ def main(argv=None):
     # Only one process writes and scores; the others are done once training is.
     if run.main:
         gen = torch.Generator(run.device).manual_seed(tc.seed)
-        sample_codes = generate_image_codes(model, [encode(p) for p in SAMPLE_PROMPTS], tc.sample_steps,
-                                            tc.guidance, tc.sample_temperature, generator=gen)
+        sample_codes = generate_pictures(model, [encode(p) for p in SAMPLE_PROMPTS], tc.image_objective,
+                                         sampling_settings(tc), gen)
         image_grid(decode_all(vq, sample_codes), columns=4).save(args.out_dir / "samples.png")
         say(run, f"wrote {path} and {args.out_dir / 'samples.png'} ({time.time() - started:.0f} s so far)")
         if scored:

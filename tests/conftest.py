@@ -31,7 +31,7 @@ EXERCISES = {
     "apply_rotary": model, "QKNormAttention": model,                      # lesson 4
     "ntp_loss": model, "mtp_loss": model,                                 # lesson 5
     "merge_pair": tokenizer, "LookupFreeQuantizer": tokenizer,            # lessons 1, 2
-    "guide": sampling, "maskgit_step": sampling, "CachedPrefixMMU": sampling,   # lessons 6, 7
+    "guide": sampling, "maskgit_step": sampling, "CachedNextToken": sampling,   # lessons 6, 7
 }
 PROJECT_MODULES = (attention, checkpoint, data, model, sampling, tokenizer, train)
 

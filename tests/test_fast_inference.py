@@ -1,6 +1,6 @@
 """Fast inference (Show-o §3.4): the cached paths give the naive paths' numbers.
 
-CachedPromptT2I must return FullRecomputeT2I's guided logits, and CachedPrefixMMU the
+CachedPromptT2I must return FullRecomputeT2I's guided logits, and CachedNextToken the
 logits of Showo.next_token_logits, within 1e-4 in float32, so that the same seed gives
 the same tokens both ways. Read first: sampling.py, then model.py (forward_with_cache).
 """
@@ -12,8 +12,8 @@ from PIL import Image
 
 import sampling
 from attention import lm_attention_mask
-from sampling import (CachedPrefixMMU, CachedPromptT2I, FullRecomputeT2I, generate_image_codes,
-                      generate_text_cached, left_pad)
+from sampling import (CachedNextToken, CachedPromptT2I, FullRecomputeT2I, generate_image_codes,
+                      generate_image_codes_ar, generate_text_cached, left_pad)
 from tokenizer import mmu_sequences
 
 TOLERANCE = 1e-4
@@ -124,7 +124,7 @@ def test_mmu_cached_logits_and_greedy_tokens_match_naive(micro, attention):
     assert torch.equal(fast, naive)
     # Logits along that answer, each step fed only the token the cache has not seen.
     answered = torch.cat([ids, naive], dim=1)
-    cached = CachedPrefixMMU(model)
+    cached = CachedNextToken(model, model.understanding_mask)
     with torch.no_grad():
         for end in range(ids.shape[1], answered.shape[1] + 1):
             expected = model.next_token_logits(answered[:, :end])
@@ -137,7 +137,7 @@ def test_kv_cache_grows_by_one_position_per_generated_token(micro):
     cfg = model.cfg
     ids = question_batch(model, text_tokenizer)
     prompt = ids.shape[1]
-    cached = CachedPrefixMMU(model)
+    cached = CachedNextToken(model, model.understanding_mask)
     expected_shape = (len(QUESTIONS), cfg.num_heads, prompt, cfg.head_dim)
     before = []
     with torch.no_grad():
@@ -182,3 +182,14 @@ def test_cli_naive_flag_gives_the_same_picture_and_answer(micro, tmp_path, capsy
                        "--max-new-tokens", "4", *flag])
         answers.append(capsys.readouterr().out)
     assert answers[0] == answers[1]
+
+
+@pytest.mark.parametrize("guidance", [0.0, 2.0], ids=["no-guidance", "guidance"])
+def test_ar_cached_decoder_draws_the_naive_decoders_tokens(micro, guidance):
+    model, _, text_tokenizer, _ = micro
+    captions = [text_tokenizer.encode(c) for c in CAPTIONS]
+    draws = [generate_image_codes_ar(model, captions, guidance, temperature=1.0, top_k=20,
+                                     generator=torch.Generator().manual_seed(7), naive=naive)
+             for naive in (False, True)]
+    assert draws[0].shape == (2, model.cfg.num_vq_tokens)
+    assert torch.equal(draws[0], draws[1])

@@ -242,10 +242,10 @@ def test_stored_defaults_are_used_when_no_flag_is_given(tmp_path, monkeypatch):
     assert extra["sampling"] == RELEASED_SAMPLING[256]      # the fixture draws 64 px pictures: the 256 px commands
     used = {}
 
-    def spy(model, captions, steps, guidance, temperature, *args, **kwargs):
-        used.setdefault("calls", []).append((steps, guidance))
+    def spy(model, captions, objective, settings, *args, **kwargs):
+        used.setdefault("calls", []).append((settings["steps"], settings["guidance"]))
         return torch.zeros(len(captions), model.cfg.num_vq_tokens, dtype=torch.long)
-    monkeypatch.setattr(sampling, "generate_image_codes", spy)
+    monkeypatch.setattr(sampling, "generate_pictures", spy)
     picture = tmp_path / "in.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(picture)
     common = ["--ckpt", str(out), "--device", "cpu", "--prompt", "a"]

@@ -289,7 +289,7 @@ def test_scores_count_right_and_wrong_pictures_and_answers(micro, monkeypatch):
         table.pictures.append(data.render(objects).tobytes())
         return len(table.pictures) - 1
 
-    def draw(model, captions_ids, *args, **kwargs):
+    def draw(model, captions_ids, objective, settings, generator):
         rows = []
         for i, ids in enumerate(captions_ids):
             prompt = text_tokenizer.decode(ids)
@@ -319,9 +319,49 @@ def test_scores_count_right_and_wrong_pictures_and_answers(micro, monkeypatch):
             table.pictures.append(example.image.tobytes())
         return made
 
-    monkeypatch.setattr(train, "generate_image_codes", draw)
+    monkeypatch.setattr(train, "generate_pictures", draw)
     monkeypatch.setattr(train, "answer_questions", answer)
     monkeypatch.setattr(data, "make_examples", remember)
     scores = train.evaluate(model, table, text_tokenizer, tc, "cpu")
     assert scores["t2i_one"] == scores["t2i_two"] == scores["t2i_novel"] == 0.5
     assert scores["vqa"] == pytest.approx(0.5, abs=0.1) and scores["caption"] == pytest.approx(0.5, abs=0.2)
+
+
+# ---- the autoregressive baseline (--image-objective ar) -------------------------------------
+
+def test_ar_rows_are_causal_over_the_picture_and_label_every_image_token(micro):
+    cfg, _, batches = micro_batches(micro, image_objective="ar")
+    t2i = batches.batch(0)["t2i"]
+    n = cfg.num_vq_tokens
+    assert (t2i.ids != cfg.mask_token_id).all()                         # nothing is masked
+    span = slice(-(n + 2), None)                                         # <|soi|> img ... <|eoi|>
+    picture_rows = t2i.allowed[:, span, span]
+    assert torch.equal(picture_rows, picture_rows & torch.ones(n + 2, n + 2, dtype=torch.bool).tril())
+    assert picture_rows.diagonal(dim1=1, dim2=2).all()
+    assert torch.equal(t2i.labels[:, -(n + 1):-1], t2i.ids[:, -(n + 1):-1])
+
+
+def test_ar_loss_is_ntp_loss_on_the_image_tokens(micro):
+    cfg, tc, batches = micro_batches(micro, image_objective="ar")
+    model = Showo(cfg)
+    parts = batches.batch(0)
+    _, losses = mixed_loss(MixedForward(model), parts, tc, "cpu")
+    t2i = parts["t2i"]
+    with torch.no_grad():
+        logits = model(t2i.ids, t2i.allowed, t2i.positions)
+    assert losses["t2i"] == pytest.approx(ntp_loss(logits, t2i.labels).item(), rel=1e-5)
+
+
+def test_an_ar_checkpoint_is_drawn_token_by_token_without_a_flag(tmp_path, monkeypatch):
+    import sampling
+    train.main(["--preset", "micro", "--image-objective", "ar", "--steps", "2", "--no-eval",
+                "--out-dir", str(tmp_path)])
+    assert load_checkpoint(tmp_path / "micro.pt")[3]["image_objective"] == "ar"
+    calls = []
+    real = sampling.generate_image_codes_ar
+    monkeypatch.setattr(sampling, "generate_image_codes_ar", lambda *a, **k: calls.append(1) or real(*a, **k))
+    sampling.main(["--ckpt", str(tmp_path / "micro.pt"), "--prompt", "a red circle", "--out", str(tmp_path / "a.png")])
+    assert calls == [1]
+    with pytest.raises(SystemExit, match="need a MaskGIT"):
+        sampling.main(["--ckpt", str(tmp_path / "micro.pt"), "--prompt", "a red circle", "--image",
+                       str(tmp_path / "a.png"), "--extend", "left", "--out", str(tmp_path / "b.png")])
