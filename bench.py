@@ -42,17 +42,23 @@ Read next: README.md ("Fast inference").
 
 import argparse
 import multiprocessing
+import random
 import resource
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import torch
 
+import data
+import train
 from attention import t2i_attention_mask
+from checkpoint import convert, load_checkpoint, write_released_layout
 from model import Showo, ShowoConfig, mtp_loss
-from sampling import DEFAULT_GUIDANCE, generate_image_codes, generate_text_cached, left_pad
+from sampling import (DEFAULT_GUIDANCE, answer_questions, generate_image_codes, generate_pictures,
+                      generate_text_cached, left_pad, phrase_question, recommended_settings)
 from tokenizer import mmu_sequences, t2i_sequences
 
 
@@ -212,30 +218,103 @@ def bench_section(section, args):
     return speedups
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(
-        description="Time naive vs cached Show-o inference (t2i and mmu) and SDPA vs explicit "
-                    "attention for a training step; print tokens/s, speed-ups and peak memory.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--hidden", type=int, default=384, help="CPU section: hidden size")
-    p.add_argument("--layers", type=int, default=6, help="CPU section: transformer layers")
-    p.add_argument("--heads", type=int, default=6, help="CPU section: attention heads")
-    p.add_argument("--prompts", type=int, default=1,
-                   help="t2i captions per batch (guidance doubles the rows)")
-    p.add_argument("--steps", type=int, default=18, help="t2i MaskGIT steps")
-    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="t2i guidance scale w")
-    p.add_argument("--questions", type=int, default=2, help="mmu questions per batch (ragged lengths)")
-    p.add_argument("--new-tokens", type=int, default=100, help="mmu answer tokens generated per question")
-    p.add_argument("--train-batch", type=int, default=2, help="training step: t2i sequences per batch")
-    p.add_argument("--train-steps", type=int, default=2, help="training steps timed (after one warm-up)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads for torch; 1 keeps timings steady on a shared machine, "
-                        "0 is torch's default (one per core)")
-    p.add_argument("--repeats", type=int, default=1, help="time each job this many times, keep the best")
-    p.add_argument("--no-cpu", action="store_true", help="skip the mid-size CPU section")
-    p.add_argument("--no-cuda", action="store_true", help="skip the full-size CUDA section")
-    args = p.parse_args(argv)
+# ----------------------------------------------------------------------------------------
+# loading: the released sizes, written, converted, loaded and used (no download needed)
+# ----------------------------------------------------------------------------------------
 
+def loading_job(step, directory):
+    """One step of the loading benchmark, in its own process: -> (seconds, result)."""
+    directory = Path(directory)
+    start = time.perf_counter()
+    if step == "convert":
+        convert(directory / "showo", directory / "magvit", directory / "phi", directory / "showo.pt", "bf16")
+        result = f"{(directory / 'showo.pt').stat().st_size / 1e9:.2f} GB written"
+    elif step.startswith("load"):
+        dtype = torch.bfloat16 if step == "load bf16" else torch.float32
+        model, vq, _, _ = load_checkpoint(directory / "showo.pt", "cpu", dtype)
+        result = f"{sum(t.numel() * t.element_size() for t in [*model.state_dict().values(), *vq.state_dict().values()]) / 1e9:.2f} GB of weights"
+    else:
+        model, vq, text_tokenizer, extra = load_checkpoint(directory / "showo.pt", "cpu")
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(0)
+        if step == "picture":
+            codes = generate_pictures(model, [text_tokenizer.encode("a photo of a red fox in the snow")], "mtp",
+                                      recommended_settings(extra, "t2i"), generator)
+            result = f"{tuple(vq.decode(codes).shape)} pixels"
+        else:
+            picture = torch.zeros(1, 3, vq.cfg.resolution, vq.cfg.resolution)
+            question = phrase_question(text_tokenizer, model.cfg, extra["question_template"], "what is in the picture?")
+            answer = answer_questions(model, vq.encode(picture), [question], max_new_tokens=20)[0]
+            result = f"{len(answer)} answer tokens"
+    return time.perf_counter() - start, result, peak_rss_mb()
+
+
+def bench_loading(args):
+    """Write the released layout at full size, then time convert, load, a picture and an answer."""
+    directory = Path(args.dir)
+    if not (directory / "showo" / "pytorch_model.bin").exists():
+        print(f"writing random weights of the released sizes to {directory} (about 6 GB) ...", flush=True)
+        write_released_layout(directory, Path(__file__).resolve().parent / "tests" / "fixtures" / "gpt2_bpe")
+    read = sum(f.stat().st_size for f in [directory / "showo" / "pytorch_model.bin",
+                                          directory / "magvit" / "model.safetensors"])
+    print(f"released weights on disk: {read / 1e9:.2f} GB (float32)\n")
+    print(f"{'step':<28} {'seconds':>8} {'peak RSS GB':>12}  result")
+    for step in ["convert", "load bf16", "load fp32", "picture", "answer"]:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            seconds, result, peak = pool.submit(loading_job, step, directory).result()
+        if step == "convert":
+            result += f"; peak = {peak * 2 ** 20 / read:.2f}x the weights read (target <= 1.5x)"
+        elif step.startswith("load"):
+            loaded = float(result.split()[0]) * 1e9
+            result += f"; peak = {peak * 2 ** 20 / loaded:.2f}x them (target <= 1.3x)"
+        print(f"{step:<28} {seconds:>8.1f} {peak / 1024:>12.2f}  {result}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------
+# compare: MaskGIT (Show-o) against autoregressive drawing (README, "Why discrete diffusion?")
+# ----------------------------------------------------------------------------------------
+
+def time_pictures(model, objective, settings, count, batch=50):
+    """Seconds to draw `count` pictures of random shapes-world prompts, `batch` at a time."""
+    rng = random.Random(0)
+    prompts = [data.caption(data.random_scene(rng)) for _ in range(count)]
+    tokenizer_ids = [list(range(3, 3 + len(p.split()))) for p in prompts]     # lengths like real captions
+    generator = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    for i in range(0, count, batch):
+        generate_pictures(model, tokenizer_ids[i:i + batch], objective, settings, generator)
+    return time.perf_counter() - start
+
+
+def bench_compare(args):
+    """Forward passes, wall time and scores of an mtp and an ar checkpoint of the same recipe."""
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    print(f"{'arm':<34} {'passes/picture':>14} {f's/{args.pictures} pictures':>18}  scores")
+    for path in (args.mtp, args.ar):
+        model, vq, text_tokenizer, extra = load_checkpoint(path)
+        objective = extra.get("image_objective", "mtp")
+        tc = train.config_from_dict(extra["train_config"])
+        step_counts = args.mtp_steps if objective == "mtp" else [model.cfg.num_vq_tokens]
+        for steps in step_counts:
+            tc_steps = replace(tc, sample_steps=steps)
+            seconds = time_pictures(model, objective, train.sampling_settings(tc_steps), args.pictures)
+            one = train.t2i_match_rate(model, vq, text_tokenizer, data.one_object_captions() * tc.eval_draws,
+                                       tc_steps, tc.seed)
+            two = train.t2i_match_rate(model, vq, text_tokenizer, [data.caption(s) for s in data.random_scenes(
+                random.Random(tc.seed + 7919), tc.eval_prompts, 2)], tc_steps, tc.seed)
+            name = f"{objective} {'MaskGIT' if objective == 'mtp' else 'raster order'}, {steps} steps"
+            print(f"{name:<34} {steps:>14} {seconds:>18.1f}  one object {one:.0%}, two objects {two:.0%}", flush=True)
+    print("\none level up: 16x16 = 256 image tokens, the same transformer, random weights (speed only)")
+    model, _, _, extra = load_checkpoint(args.mtp)
+    big = Showo(replace(model.cfg, num_vq_tokens=256)).eval()
+    for objective, steps in (("mtp", 12), ("ar", 256)):
+        settings = {"steps": steps, "guidance": 1.5, "temperature": 1.0, "top_k": None}
+        seconds = time_pictures(big, objective, settings, args.pictures)
+        print(f"{objective + ', ' + str(steps) + ' steps':<34} {steps:>14} {seconds:>18.1f}", flush=True)
+
+
+def bench_inference(args):
+    """The naive-vs-cached table: a mid-size model on the CPU, the full size on CUDA."""
     if not args.no_cpu:
         mid = dict(hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
                    intermediate_size=4 * args.hidden)
@@ -251,6 +330,48 @@ def main(argv=None):
     full = asdict(ShowoConfig.preset("showo-256"))
     bench_section(Section(f"CUDA ({torch.cuda.get_device_name()}), bfloat16, full size: showo-256",
                           "cuda", "bfloat16", full, args.threads), args)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Benchmarks: inference paths, loading at full size, MaskGIT vs AR.")
+    sub = p.add_subparsers(dest="command")
+    inference = sub.add_parser(
+        "inference", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="naive vs cached t2i and mmu, SDPA vs explicit attention (the default)")
+    inference.add_argument("--hidden", type=int, default=384, help="CPU section: hidden size")
+    inference.add_argument("--layers", type=int, default=6, help="CPU section: transformer layers")
+    inference.add_argument("--heads", type=int, default=6, help="CPU section: attention heads")
+    inference.add_argument("--prompts", type=int, default=1,
+                           help="t2i captions per batch (guidance doubles the rows)")
+    inference.add_argument("--steps", type=int, default=18, help="t2i MaskGIT steps")
+    inference.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="t2i guidance scale w")
+    inference.add_argument("--questions", type=int, default=2, help="mmu questions per batch (ragged lengths)")
+    inference.add_argument("--new-tokens", type=int, default=100, help="mmu answer tokens generated per question")
+    inference.add_argument("--train-batch", type=int, default=2, help="training step: t2i sequences per batch")
+    inference.add_argument("--train-steps", type=int, default=2, help="training steps timed (after one warm-up)")
+    inference.add_argument("--threads", type=int, default=1,
+                           help="CPU threads for torch; 1 keeps timings steady on a shared machine, "
+                                "0 is torch's default (one per core)")
+    inference.add_argument("--repeats", type=int, default=1, help="time each job this many times, keep the best")
+    inference.add_argument("--no-cpu", action="store_true", help="skip the mid-size CPU section")
+    inference.add_argument("--no-cuda", action="store_true", help="skip the full-size CUDA section")
+    loading = sub.add_parser("loading", help="random weights of the released sizes: convert, load, use "
+                                             "(minutes, about 12 GB of memory and 10 GB of disk)")
+    loading.add_argument("--dir", default="out/released-random", help="where to write the released layout")
+    compare = sub.add_parser("compare", help="MaskGIT against raster-order drawing: speed and scores")
+    compare.add_argument("--mtp", required=True, help="a train.py checkpoint (image_objective mtp)")
+    compare.add_argument("--ar", required=True, help="the same recipe with --image-objective ar")
+    compare.add_argument("--pictures", type=int, default=100, help="pictures drawn for the timing")
+    compare.add_argument("--mtp-steps", type=int, nargs="+", default=[4, 8, 12, 24])
+    compare.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    argv = sys.argv[1:] if argv is None else argv
+    args = p.parse_args(argv or ["inference"])
+    if args.command == "loading":
+        bench_loading(args)
+    elif args.command == "compare":
+        bench_compare(args)
+    else:
+        bench_inference(args)
 
 
 if __name__ == "__main__":

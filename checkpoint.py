@@ -385,6 +385,49 @@ def load_released_image_tokenizer(directory, num_vq_tokens=None, dtype=None):
     return fill(build_empty(ImageTokenizer, cfg), read_weights(directory), directory, dtype).eval()
 
 
+# The config files as the real downloads write them: show-o's names the vocabulary,
+# Phi-1.5's the sizes (with nulls among them), magvit's nothing about sizes at all.
+RELEASED_CONFIGS = {
+    "showo": {"_class_name": "Showo", "_diffusers_version": "0.30.1", "w_clip_vit": False, "vocab_size": 58498,
+              "llm_vocab_size": 50295, "llm_model_path": "microsoft/phi-1_5", "codebook_size": 8192,
+              "num_vq_tokens": 256, "load_from_showo": False, "mask_token_id": 58497},
+    "phi": {"_name_or_path": "microsoft/phi-1_5", "architectures": ["PhiForCausalLM"], "model_type": "phi",
+            "vocab_size": 51200, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24,
+            "num_attention_heads": 32, "num_key_value_heads": None, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+            "attention_dropout": 0.0, "hidden_act": "gelu_new", "max_position_embeddings": 2048,
+            "initializer_range": 0.02, "layer_norm_eps": 1e-05, "use_cache": True, "tie_word_embeddings": False,
+            "rope_theta": 10000.0, "rope_scaling": None, "partial_rotary_factor": 0.5, "qk_layernorm": False,
+            "bos_token_id": None, "eos_token_id": None, "torch_dtype": "float32"},
+    "magvit": {"_class_name": "MAGVITv2", "_diffusers_version": "0.30.1"},
+}
+
+
+def write_released_layout(directory, gpt2_dir, seed=0):
+    """Random weights of the released sizes, written as the three downloads are laid out.
+
+    directory/showo: config.json + pytorch_model.bin (our model's weights renamed through
+    SHOWO_KEY_TABLE read right to left); directory/magvit: config.json +
+    model.safetensors; directory/phi: config.json + GPT-2's vocab.json and merges.txt
+    (from gpt2_dir) + Phi-1.5's 38 whitespace tokens in added_tokens.json. A full-size
+    test of loading that needs no download (bench.py loading); about 6.2 GB on disk.
+    """
+    directory = Path(directory)
+    for part, config in RELEASED_CONFIGS.items():
+        (directory / part).mkdir(parents=True, exist_ok=True)
+        (directory / part / "config.json").write_text(json.dumps(config, indent=2))
+    torch.manual_seed(seed)
+    showo_cfg = config_from_released(directory / "showo", directory / "phi")
+    renamed, _ = released_key_names(Showo(showo_cfg).state_dict())
+    torch.save(renamed, directory / "showo" / "pytorch_model.bin")
+    del renamed
+    write_safetensors(directory / "magvit" / "model.safetensors", ImageTokenizer(ImageTokenizerConfig()).state_dict())
+    for name in ("vocab.json", "merges.txt"):
+        (directory / "phi" / name).write_bytes((Path(gpt2_dir) / name).read_bytes())
+    whitespace = {" " * n: 50257 + 31 - n for n in range(31, 1, -1)}
+    whitespace.update({"\t" * n: 50287 + 9 - n for n in range(9, 1, -1)})
+    (directory / "phi" / "added_tokens.json").write_text(json.dumps(whitespace))
+
+
 # ----------------------------------------------------------------------------------------
 # 4. The one-file checkpoint
 # ----------------------------------------------------------------------------------------
