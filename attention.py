@@ -1,6 +1,6 @@
 """Omni-attention: who may look at whom inside one Show-o sequence.
 
-Show-o (arXiv 2408.12528, §3.2 "Omni-Attention Mechanism") runs ONE transformer over
+Show-o (arXiv 2408.12528v7, §3.2, "Omni-Attention Mechanism", Fig. 5) runs ONE transformer over
 sequences that mix text tokens and image tokens. Text is modelled autoregressively, so a
 text token may only look backwards (causal attention). Image tokens are modelled by masked
 ("discrete diffusion") prediction, so every image token may look at every other image
@@ -8,7 +8,7 @@ token of the same picture, in both directions. A single boolean matrix per seque
 `allowed[b, row, col]` = "position `row` may attend to position `col`", expresses both at
 once; that is the whole trick, and this file builds those matrices from token ids.
 
-Three rules are used (SHOWO_FACTS §3):
+Three rules are used (docs/sequences.md, section 3):
 
 * t2i (text-to-image):   [PAD]*k <|t2i|> BOS caption EOS <|soi|> img ... img <|eoi|>
     text rows are causal; rows inside <|soi|> ... <|eoi|> (both included) see all real text
@@ -26,7 +26,7 @@ The file also holds the attention computation itself: `attend` (PyTorch's fused
 paper's softmax(QK^T/sqrt(d)) so a reader can see it; the tests check they agree).
 
 Run `python attention.py` to print small example masks (`--png DIR` draws them).
-Read next: model.py (the transformer that uses these masks).
+Read first: tokenizer.py. Read next: model.py (the transformer that uses these masks).
 """
 
 import argparse
@@ -80,7 +80,7 @@ def lm_attention_mask(input_ids, pad_id):
 
 
 def t2i_attention_mask(input_ids, pad_id, soi_id, eoi_id):
-    """Omni-attention for text-to-image sequences, (B, L, L) bool (Show-o §3.2, Fig. 4a).
+    """Omni-attention for text-to-image sequences, (B, L, L) bool (Show-o §3.2, Fig. 5b).
 
     Start from a causal mask (text is autoregressive), then open up every image span so
     its tokens see each other in both directions. Because the image comes after the
@@ -96,7 +96,7 @@ def t2i_attention_mask(input_ids, pad_id, soi_id, eoi_id):
 
 
 def mmu_attention_mask(input_ids, pad_id, eoi_id):
-    """Omni-attention for understanding sequences, (B, L, L) bool (Show-o §3.2, Fig. 4b).
+    """Omni-attention for understanding sequences, (B, L, L) bool (Show-o §3.2, Fig. 5a).
 
     Causal, except that every row may see all positions up to and including the first
     <|eoi|>: the task token and the image are one bidirectional prefix. (This differs from

@@ -1,6 +1,7 @@
-"""How much the fast inference paths save: naive vs cached, timed side by side.
+"""Benchmarks: the fast inference paths, loading the released sizes, MaskGIT against AR.
 
-Show-o §3.4 (inference) decodes images by MaskGIT steps and answers token by token. The
+`python bench.py` (or `bench.py inference`): how much the fast inference paths save.
+Show-o (arXiv 2408.12528v7, §3.2 "Inference Stage") decodes images by MaskGIT steps and answers token by token. The
 simple way recomputes the whole sequence at every step; sampling.py's fast paths reuse
 what omni-attention says cannot change (CachedPromptT2I: the prompt's keys/values;
 CachedNextToken: the keys/values of every token already seen). This script measures, in
@@ -33,11 +34,17 @@ wait on each other at every operation, which slowed this bench 3-5x on a busy 2-
 machine and hit the small operations of the cached paths hardest (--threads 0: torch's
 default, one thread per core, for a machine of your own).
 
-    python bench.py                 # the full bench (a few minutes on a 2-core CPU)
-    python bench.py --no-cpu        # only the full-size CUDA section
+    python bench.py                            # the inference bench (a few minutes on a 2-core CPU)
+    python bench.py inference --no-cpu         # only the full-size CUDA section
 
-Read first: sampling.py (the two paths) and model.py (`forward_with_cache`).
-Read next: README.md ("Fast inference").
+`python bench.py loading`: writes random weights of the released sizes in the released
+layout (checkpoint.write_released_layout), then converts, loads, draws one picture and
+answers one question, each in a fresh process, with its time and peak memory.
+
+`python bench.py compare --mtp A.pt --ar B.pt`: forward passes, time for 100 pictures and
+scores of a Show-o (MaskGIT) checkpoint against the same recipe trained autoregressively.
+
+Read first: checkpoint.py. Read next: COURSE.md (the lessons) and docs/paper_map.md.
 """
 
 import argparse

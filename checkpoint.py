@@ -20,7 +20,7 @@ sampling.py reads. In order:
    `python checkpoint.py convert ...`, with what the authors' own inference uses:
    their question template and their sampling settings for each task.
 
-Read first: model.py and tokenizer.py (the networks these weights fill).
+Read first: sampling.py (and model.py / tokenizer.py, the networks these weights fill).
 Read next: bench.py (its `loading` section times and measures all of this at full size).
 """
 

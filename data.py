@@ -1,12 +1,12 @@
 """
 The data Show-o learns from in this repository.
 
-Most of this file is the "shapes world" (spec: SHAPES_WORLD.md in the project's shared docs): a procedurally
+Most of this file is the "shapes world" (docs/shapes_world.md): a procedurally
 generated image-text world, small enough that a tiny Show-o trains on a laptop CPU in
 minutes, yet rich enough to exercise every part of the method. A scene is one or two
 coloured shapes on a black 32x32 canvas; from each scene we derive
 
-- an image and its caption      -> text-to-image pairs (<|t2i|> sequences of §3's unified prompting),
+- an image and its caption      -> text-to-image pairs (<|t2i|> sequences; docs/sequences.md),
 - question / answer pairs        -> multimodal understanding: captioning and VQA (<|mmu|> sequences),
 - plain sentences (text_corpus)  -> BPE training and the language-modelling objective.
 
@@ -19,7 +19,7 @@ train on real pictures instead.
 Everything is deterministic given a seed: each function takes its own random.Random,
 never the global one, so the same seed gives the same data on every machine.
 
-Read next: train.py
+Read first: model.py. Read next: train.py.
 """
 
 import itertools

@@ -1,6 +1,6 @@
 """The Show-o transformer: Phi-1.5 with QK-Norm over one text+image vocabulary.
 
-Show-o (arXiv 2408.12528, §3.1-§3.3) takes a pretrained language model (Phi-1.5), adds
+Show-o (arXiv 2408.12528v7, §3.2 "Architecture") takes a pretrained language model (Phi-1.5), adds
 8192 image-token ids and a handful of special tokens to its vocabulary, switches on
 QK-Norm (a LayerNorm on each head's queries and keys, for stable training) and trains the
 SAME network for two jobs:
@@ -12,16 +12,16 @@ SAME network for two jobs:
 The only thing that tells the two apart inside the network is the attention mask
 (attention.py). This file holds, top to bottom:
 
-1. `ShowoConfig`, the sizes and the token layout (SHOWO_FACTS §1, §4), with presets;
+1. `ShowoConfig`, the sizes and the token layout (docs/sequences.md), with the released
+   sizes as presets;
 2. the network: rotary embedding, QK-Norm attention, MLP, parallel Phi block, `Showo`,
-   with an optional key/value cache for fast inference (`forward_with_cache`, §3.4);
-3. the two losses, `ntp_loss` and `mtp_loss` (§3.3, Eq. 1 and 2);
-4. loading the released weights: a visible key-name table, readers for .bin and
-   .safetensors, and `python model.py convert ...` which writes the single-file
-   checkpoint that train.py and sampling.py use.
+   with an optional key/value cache for fast inference (`forward_with_cache`);
+3. the two losses, `ntp_loss` and `mtp_loss` (§3.2 "Training Objectives", Eq. 1 and 2);
+4. `python model.py`: where the released model's parameters are.
 
-Read first: attention.py. Read next: tokenizer.py (how pixels and words become ids),
-then sampling.py (how the model generates).
+Loading the released weights into this network is checkpoint.py's job.
+
+Read first: attention.py. Read next: data.py (what the tiny models learn from).
 """
 
 from dataclasses import dataclass, fields
@@ -144,7 +144,7 @@ def apply_rotary(x, cos, sin):
 
 
 class QKNormAttention(nn.Module):
-    """Multi-head self-attention with QK-Norm (Show-o §3.2; Dehghani et al. 2023).
+    """Multi-head self-attention with QK-Norm (Show-o §3.2 "Architecture"; Dehghani et al. 2023).
 
     Show-o normalises each head's queries and keys with a LayerNorm before RoPE. Without
     it, mixing text and image objectives made the attention logits grow and training
@@ -264,7 +264,7 @@ class Showo(nn.Module):
         return self.lm_head(hidden).float()                               # (B, L, V) or (K, V)
 
     def forward_with_cache(self, input_ids, allowed, position_ids, past=None):
-        """Run new tokens against the cached keys/values of earlier ones (fast inference, §3.4).
+        """Run new tokens against the cached keys/values of earlier ones (fast inference).
 
         input_ids (B, L) and position_ids (B, L) of the L new tokens; past: None, or one
         (k, v) per layer, each (B, H, P, hd), for P earlier tokens; allowed (B, L, P + L):
@@ -300,7 +300,7 @@ class Showo(nn.Module):
     @torch.no_grad()
     def generate_text(self, input_ids, max_new_tokens, temperature=0.0, top_k=None,
                       generator=None, stop_at_eos=True, text_only=False):
-        """Continue understanding sequences token by token (Show-o §3.4, MMU inference).
+        """Continue understanding sequences token by token (Show-o §3.2 "Inference Stage").
 
         The simple way: recompute the whole sequence under the MMU mask for every new
         token (sampling.py's CachedNextToken is the fast way). Arguments and result are
@@ -348,7 +348,7 @@ def pick_token(logits, temperature=0.0, top_k=None, generator=None):
 
 
 # ----------------------------------------------------------------------------------------
-# 3. The two objectives (Show-o §3.3)
+# 3. The two objectives (Show-o §3.2 "Training Objectives")
 # ----------------------------------------------------------------------------------------
 
 IGNORE = -100   # label value that cross-entropy skips (padding, prompt, unmasked tokens)

@@ -1,6 +1,6 @@
 """Show-o's two tokenizers: how text and images become ids in one shared vocabulary.
 
-Show-o (§3.1 of the paper) feeds a single transformer with discrete tokens of both kinds:
+Show-o (arXiv 2408.12528v7, §3.1 "Tokenization") feeds a single transformer with discrete tokens of both kinds:
 
 * Text goes through Phi-1.5's tokenizer, which is GPT-2's byte-level BPE (plus a few
   whole tokens for runs of whitespace that Phi-1.5 adds on top).
@@ -10,7 +10,7 @@ Show-o (§3.1 of the paper) feeds a single transformer with discrete tokens of b
 This file holds both: the text tokenizer comes first, the image tokenizer second, and
 last the "unified prompting" that lays text and image ids out in one sequence.
 
-Read next: attention.py, then model.py.
+Read first: README.md. Read next: attention.py.
 """
 
 import argparse
@@ -507,7 +507,7 @@ def special_token_names(special_tokens_map: dict) -> list[str]:
 # Part 2: the image tokenizer (MAGVIT-v2 encoder / lookup-free quantizer / decoder)
 # ========================================================================================
 #
-# Show-o §3.1: an image becomes a grid of discrete ids. A convolutional encoder shrinks a
+# Show-o §3.1 "Tokenization": an image becomes a grid of discrete ids. A convolutional encoder shrinks a
 # 256x256 picture to a 16x16 grid of 13-dimensional vectors; each vector is quantized
 # WITHOUT a codebook lookup (LFQ, Yu et al. 2023, "MAGVIT-v2"): every channel is rounded to
 # its sign, so 13 channels give 2^13 = 8192 possible codes, and the code id is just those
@@ -518,7 +518,7 @@ def special_token_names(special_tokens_map: dict) -> list[str]:
 
 @dataclass
 class ImageTokenizerConfig:
-    """Sizes of the MAGVIT-v2 tokenizer. Defaults are the released full size (SHOWO_FACTS §5)."""
+    """Sizes of the MAGVIT-v2 tokenizer. Defaults are the released full size (docs/checkpoints.md)."""
     resolution: int = 256
     z_channels: int = 13                      # bits per code: codebook_size = 2**z_channels
     encoder_ch: int = 128
@@ -711,7 +711,7 @@ class Decoder(nn.Module):
 
 
 class LookupFreeQuantizer(nn.Module):
-    """LFQ (MAGVIT-v2 §3.1): quantize each channel to its sign; the bits are the code id.
+    """LFQ (MAGVIT-v2, arXiv 2310.05737, §3.1): quantize each channel to its sign; the bits are the code id.
 
     code = sum_c bit_c * 2^(C-1-c), bit_c = (z_c > 0): channel 0 is the most significant bit.
     """
@@ -819,7 +819,7 @@ class ImageTokenizer(nn.Module):
 
 
 # ========================================================================================
-# Part 3: unified prompting (Show-o §3.1, "Unified Prompting")
+# Part 3: unified prompting (Show-o §3.2, "Unified Prompting", Fig. 4; docs/sequences.md)
 # ========================================================================================
 #
 # Text ids and image ids live in one vocabulary (model.ShowoConfig). These functions lay

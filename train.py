@@ -4,7 +4,8 @@
 
 1. learn a byte-level BPE text tokenizer on the captions and questions (tokenizer.py);
 2. learn a small MAGVIT-v2 style LFQ image tokenizer on the pictures (tokenizer.py);
-3. train the transformer on MIXED batches (Show-o §3.3): every step holds
+3. train the transformer on MIXED batches (Show-o arXiv 2408.12528v7, §3.2 "Training Objectives"
+   and Appendix C "Training Pipeline"): every step holds
    text-to-image sequences (mask-token prediction, MTP, with 10% of captions dropped so
    classifier-free guidance works), understanding sequences (next-token prediction, NTP,
    on captions and answers) and plain text (NTP); the loss is
@@ -18,7 +19,7 @@ the same on every machine. The data is the built-in shapes world (data.py) unles
 --data-dir points at a folder of your own captioned images. `torchrun
 --nproc_per_node=N train.py ...` trains with DistributedDataParallel.
 
-Read first: data.py, model.py; read next: sampling.py.
+Read first: data.py. Read next: sampling.py.
 """
 
 import argparse
@@ -425,7 +426,7 @@ def report_image_tokenizer(vq, examples, device):
 
 
 # ----------------------------------------------------------------------------------------
-# 3. Mixed batches (Show-o §3.3): t2i (MTP) + understanding (NTP) + text (NTP)
+# 3. Mixed batches (Show-o §3.2 "Training Objectives"): t2i (MTP) + understanding (NTP) + text (NTP)
 # ----------------------------------------------------------------------------------------
 
 class Part:
@@ -486,7 +487,7 @@ class MixedBatches:
         masked = torch.rand(len(picks), n, generator=gen).argsort(1) < n_masked[:, None]
         ids = t2i_sequences(captions, tokens.masked_fill(masked, cfg.mask_token_id), cfg)
         # The image span is the last N+1 ... last-1 positions (before <|eoi|>). Visible
-        # image tokens get no loss: copying an input teaches nothing (MaskGIT, Eq. 2).
+        # image tokens get no loss: copying an input teaches nothing (Show-o Eq. 2).
         labels = torch.full_like(ids, IGNORE)
         labels[:, -(n + 1):-1] = tokens.masked_fill(~masked, IGNORE)
         return Part(ids, labels, t2i_attention_mask(ids, cfg.pad_id, cfg.soi_id, cfg.eoi_id))

@@ -1,4 +1,4 @@
-"""Tests for data.py: the shapes world (docs/SHAPES_WORLD.md) and the caption-folder loader."""
+"""Tests for data.py: the shapes world (docs/shapes_world.md) and the caption-folder loader."""
 
 import itertools
 import json

@@ -1,4 +1,4 @@
-"""Fast inference (Show-o §3.4): the cached paths give the naive paths' numbers.
+"""Fast inference: the cached paths give the naive paths' numbers.
 
 CachedPromptT2I must return FullRecomputeT2I's guided logits, and CachedNextToken the
 logits of Showo.next_token_logits, within 1e-4 in float32, so that the same seed gives
