@@ -902,7 +902,7 @@ def code_colours(codes):
 def lfq_picture(vq, images):
     """Originals (top), their code grids (middle; one colour per code) and reconstructions.
 
-    images: uint8 (B, H, W, 3). Returns a uint8 (3*H + 4, B*W + B - 1, 3) sheet.
+    images: uint8 (B, H, W, 3). Returns (a uint8 (3*H + 4, B*W + B - 1, 3) sheet, the codes).
     """
     with torch.no_grad():
         codes = vq.encode(image_to_tensor(images))                          # (B, h*w)
@@ -915,7 +915,7 @@ def lfq_picture(vq, images):
     for r, row in enumerate(rows):
         for i, picture in enumerate(row):
             sheet[r * (side + 2):r * (side + 2) + side, i * (side + 1):i * (side + 1) + side] = picture
-    return sheet.numpy()
+    return sheet.numpy(), codes
 
 
 def show_lfq(ckpt, out, count=8):
@@ -924,9 +924,9 @@ def show_lfq(ckpt, out, count=8):
     vq = ImageTokenizer(ImageTokenizerConfig.from_dict(blob["vq_config"]))
     vq.load_state_dict({k: v.float() for k, v in blob["vq"].items()})
     images = np.stack([e.image for e in make_examples(count, seed=1234)])
-    sheet = Image.fromarray(lfq_picture(vq.eval(), images))
+    sheet, codes = lfq_picture(vq.eval(), images)
+    sheet = Image.fromarray(sheet)
     sheet.resize((sheet.width * 4, sheet.height * 4), Image.NEAREST).save(out)
-    codes = vq.encode(torch.from_numpy(images).movedim(-1, 1).float() / 127.5 - 1)
     print(f"wrote {out}: {count} pictures, their {vq.cfg.grid_size}x{vq.cfg.grid_size} codes "
           f"({len(codes.unique())} different ones of {vq.cfg.codebook_size}) and the reconstructions")
 
