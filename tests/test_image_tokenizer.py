@@ -77,4 +77,4 @@ def test_training_the_tokenizer_lowers_reconstruction_error():
         before = (untrained.decode(untrained.encode(pixels)) - pixels).pow(2).mean().item()
         after = (trained.decode(trained.encode(pixels)) - pixels).pow(2).mean().item()
     assert after < 0.5 * before, f"reconstruction MSE {before:.3f} -> {after:.3f}"
-    assert meter.flops["image tokenizer"] > 0 and meter.seconds["image tokenizer"] > 0
+    assert meter.flops("image tokenizer") > 0 and meter.stages["image tokenizer"]["seconds"] > 0

@@ -143,12 +143,12 @@ def test_flop_count_of_a_training_step_matches_a_hand_count():
     ids = torch.randint(20, (batch, length))
     allowed = torch.ones(batch, length, length, dtype=torch.bool).tril()
     meter = ComputeMeter()
-    with meter.count("step"):
+    with meter.step("step", 0):
         model(ids, allowed).sum().backward()
     tokens = batch * length
     linear = tokens * 2 * (layers * (4 * d * d + 2 * d * 4 * d) + d * vocab)      # q k v out, fc1 fc2, head
     attention = layers * 2 * 2 * batch * length * length * d                      # q k^T and weights v
-    assert meter.flops["step"] == 3 * linear + 3.5 * attention
+    assert meter.flops("step") == 3 * linear + 3.5 * attention
 
 
 def test_compute_is_reported_and_stored(tmp_path):
@@ -156,7 +156,9 @@ def test_compute_is_reported_and_stored(tmp_path):
     compute = load_checkpoint(tmp_path / "micro.pt")[3]["compute"]
     assert set(compute["flops"]) == {"image tokenizer", "transformer"}
     assert compute["total_flops"] == sum(compute["flops"].values()) > 0
-    assert all(compute["seconds"][stage] > 0 for stage in compute["flops"])
+    assert all(compute["stages"][stage]["seconds"] > 0 for stage in compute["flops"])
+    transformer = compute["stages"]["transformer"]
+    assert transformer["steps"] == 3 and transformer["counted_steps"] == 1       # step 0 of 0, 1, 2
 
 
 # ---- the command line ---------------------------------------------------------------------
