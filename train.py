@@ -31,6 +31,7 @@ import time
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -640,11 +641,11 @@ def save(path, model, vq, text_tokenizer, state):
 # The transformer stage
 # ----------------------------------------------------------------------------------------
 
-def train_transformer(model, batches, state, run, checkpoint=None, evaluate_at=None):
+def train_transformer(model, batches, state, run, checkpoint=None, score=None):
     """AdamW with warm-up + cosine decay on mixed batches, from state.step to tc.steps.
 
     checkpoint(state): called every save_every steps, at the end and on Ctrl-C (then
-    KeyboardInterrupt is raised again). evaluate_at(step): called every eval_every steps.
+    KeyboardInterrupt is raised again). score(step): called every eval_every steps.
     """
     tc = state.tc
     forward = run.wrap(MixedForward(model))
@@ -677,8 +678,8 @@ def train_transformer(model, batches, state, run, checkpoint=None, evaluate_at=N
             state.history.append(losses)
             if step % 10 == 0:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
-            if evaluate_at and tc.eval_every and state.step % tc.eval_every == 0 and state.step < tc.steps:
-                evaluate_at(state.step)
+            if score and tc.eval_every and state.step % tc.eval_every == 0 and state.step < tc.steps:
+                score(state.step)
                 model.train()
             if checkpoint and (state.step % tc.save_every == 0 or state.step == tc.steps):
                 state.optimizer = opt.state_dict()
@@ -854,8 +855,10 @@ def load_training_data(data_dir, tc):
             data.text_corpus(tc.train_scenes, tc.seed))
 
 
-def train_tokenizers(args, tc, images, texts, run, meter):
+def train_tokenizers(args, tc, training_data, run, meter):
     """Stages 1-2: a BPE on the training texts, the LFQ tokenizer on the training pictures."""
+    images, _, qa, sentences = training_data
+    texts = sentences + sorted({q for pairs in qa for q, _ in pairs})
     text_tokenizer = TextTokenizer.train(texts, tc.bpe_vocab_size, verbose=run.main)
     sample = texts[:2000]
     chars_per_token = sum(map(len, sample)) / sum(len(text_tokenizer.encode(t)) for t in sample)
@@ -930,6 +933,32 @@ def starting_point(args, preset, tc, path, run):
     return (model if args.init else None), vq, text_tokenizer, state
 
 
+def record_scores(model, vq, text_tokenizer, state, device, step):
+    """Score the model now; keep the scores with the step and the TFLOP spent so far."""
+    scores = evaluate(model, vq, text_tokenizer, state.tc, device)
+    state.scores.append({"step": step, "tflop": state.meter.total / 1e12, **scores})
+    tqdm.write(f"step {step}, {state.meter.total / 1e12:.1f} TFLOP: {format_scores(scores)}")
+
+
+def write_samples(model, vq, text_tokenizer, tc, device, path):
+    """A grid of pictures for SAMPLE_PROMPTS, drawn with the recipe's sampling settings."""
+    generator = torch.Generator(device).manual_seed(tc.seed)
+    codes = generate_pictures(model, [text_tokenizer.encode(p) for p in SAMPLE_PROMPTS], tc.image_objective,
+                              sampling_settings(tc), generator)
+    image_grid(decode_all(vq, codes), columns=4).save(path)
+
+
+def make_batches(cfg, tc, vq, text_tokenizer, training_data, run):
+    """Stage 3 works on ids only: every picture is tokenized once, here, not per step."""
+    images, captions, qa, sentences = training_data
+    encode = text_tokenizer.encode
+    # Answers are encoded with a leading space: GPT-2 style BPE spells " red" (the word
+    # after a question) differently from "red" at the start of a text.
+    return MixedBatches(cfg, tc, encode_all(vq, images, run.device), [encode(c) for c in captions],
+                        [[(encode(q), encode(" " + a)) for q, a in pairs] for pairs in qa],
+                        [encode(s) for s in sentences], rank=run.rank)
+
+
 def main(argv=None):
     args = parse_args(argv)
     # Warnings (e.g. skipped unreadable images) as one plain line, not a source listing.
@@ -941,48 +970,29 @@ def main(argv=None):
         run = Distributed(pick_device(args.device))
         model, vq, text_tokenizer, state = starting_point(args, preset, tc, path, run)
         tc = state.tc
-        images, captions, qa, sentences = load_training_data(args.data_dir, tc)
+        training_data = load_training_data(args.data_dir, tc)
     except (ValueError, UsageError, CheckpointError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
     torch.manual_seed(tc.seed)
     started = time.time()
     args.out_dir.mkdir(parents=True, exist_ok=True)
 
-    if vq is None:
-        questions = sorted({q for pairs in qa for q, _ in pairs})
-        text_tokenizer, vq = train_tokenizers(args, tc, images, sentences + questions, run, state.meter)
-    if model is None:
-        model = Showo(model_config(tc, text_tokenizer, vq))
-    model = model.to(run.device).float()
+    if vq is None:                                                     # stages 1-2
+        text_tokenizer, vq = train_tokenizers(args, tc, training_data, run, state.meter)
+    model = (model or Showo(model_config(tc, text_tokenizer, vq))).to(run.device).float()
     cfg = model.cfg
     say(run, f"transformer: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
              f"vocabulary {cfg.vocab_size} = {cfg.llm_vocab_size} text + 10 special + "
-             f"{cfg.codebook_size} image + [MASK], {cfg.num_vq_tokens} image tokens per picture")
-    if state.step:
-        say(run, f"resuming at step {state.step} of {tc.steps}")
+             f"{cfg.codebook_size} image + [MASK], {cfg.num_vq_tokens} image tokens per picture"
+             + (f"; resuming at step {state.step} of {tc.steps}" if state.step else ""))
 
-    # Stage 3 works on ids only: every picture is tokenized once, here, not per step.
-    codes = encode_all(vq, images, run.device)
-    encode = text_tokenizer.encode
-    # Answers are encoded with a leading space: GPT-2 style BPE spells " red" (the word
-    # after a question) differently from "red" at the start of a text.
-    batches = MixedBatches(cfg, tc, codes, [encode(c) for c in captions],
-                           [[(encode(q), encode(" " + a)) for q, a in pairs] for pairs in qa],
-                           [encode(s) for s in sentences], rank=run.rank)
-    scored = not args.no_eval and not args.data_dir
-
-    def checkpoint(state):
-        if run.main:
-            save(path, model, vq, text_tokenizer, state)
-
-    def evaluate_at(step):
-        if run.main and scored:
-            scores = evaluate(model, vq, text_tokenizer, tc, run.device)
-            state.scores.append({"step": step, "tflop": state.meter.total / 1e12, **scores})
-            tqdm.write(f"step {step}, {state.meter.total / 1e12:.1f} TFLOP: {format_scores(scores)}")
-
+    # Stage 3. Only the main process writes checkpoints and scores.
+    scored = run.main and not args.no_eval and not args.data_dir
+    checkpoint = partial(save, path, model, vq, text_tokenizer) if run.main else None
+    score = partial(record_scores, model, vq, text_tokenizer, state, run.device) if scored else None
     try:
-        train_transformer(model, batches, state, run, checkpoint, evaluate_at)
+        train_transformer(model, make_batches(cfg, tc, vq, text_tokenizer, training_data, run), state, run,
+                          checkpoint, score)
     except KeyboardInterrupt:
         say(run, f"\ninterrupted: step {state.step} of {tc.steps} saved in {path}; "
                  f"continue with: python train.py --preset {preset} --out-dir {args.out_dir} --resume")
@@ -990,20 +1000,16 @@ def main(argv=None):
         sys.exit(130)
     say(run, state.meter.report())
 
-    # Only one process writes and scores; the others are done once training is.
+    # Stage 4: samples, held-out scores, training curves.
     if run.main:
-        gen = torch.Generator(run.device).manual_seed(tc.seed)
-        sample_codes = generate_pictures(model, [encode(p) for p in SAMPLE_PROMPTS], tc.image_objective,
-                                         sampling_settings(tc), gen)
-        image_grid(decode_all(vq, sample_codes), columns=4).save(args.out_dir / "samples.png")
+        write_samples(model, vq, text_tokenizer, tc, run.device, args.out_dir / "samples.png")
         say(run, f"wrote {path} and {args.out_dir / 'samples.png'} ({time.time() - started:.0f} s so far)")
         if scored:
-            evaluate_at(tc.steps)
+            score(tc.steps)
             checkpoint(state)
         curves_picture(state.history, state.scores).save(args.out_dir / "curves.png")
         say(run, f"wrote {args.out_dir / 'curves.png'}; done in {time.time() - started:.0f} s")
     run.close()
-
 
 if __name__ == "__main__":
     main()

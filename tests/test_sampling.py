@@ -223,6 +223,27 @@ def test_cli_errors_are_one_clear_line(micro, tmp_path):
         assert "no CUDA GPU" in run_cli("--ckpt", path, "--prompt", "a red circle", "--device", "cuda")
 
 
+def test_bad_options_stop_before_any_work(micro, tmp_path, monkeypatch):
+    """Each of these is refused with one line before the checkpoint is even read."""
+    def never(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded before the options were checked")
+    monkeypatch.setattr(sampling, "load_checkpoint", never)
+    path = micro[3]
+    cases = {
+        "--steps 0: give at least 1 MaskGIT step": ["--prompt", "a", "--steps", "0"],
+        "folder": ["--prompt", "a", "--out", tmp_path / "missing" / "a.png"],
+        "ending in .png": ["--prompt", "a", "--out", tmp_path / "a.txt"],
+        "--image needs --mask": ["--image", tmp_path / "x.png", "--prompt", "a"],
+        "--question needs --image": ["--question", "what?"],
+        "not found": ["--image", tmp_path / "none.png", "--question", "what?"],
+        "give --mask or --extend, not both": ["--image", path, "--mask", path, "--extend", "left", "--prompt", "a"],
+    }
+    (tmp_path / "x.png").write_bytes(b"")
+    for expected, args in cases.items():
+        message = run_cli("--ckpt", path, *args)
+        assert message and expected in message and "\n" not in message, (args, message)
+
+
 def test_remasking_noise_compounds_as_in_the_released_sampler():
     """4 steps: the running temperature is multiplied by 0.75, 0.5, 0.25, 0 in turn."""
     assert [sampling.remasking_noise(1.0, step, 4) for step in range(4)] == [0.75, 0.375, 0.09375, 0.0]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import data
 import train
@@ -185,6 +186,14 @@ def test_bad_input_is_one_clear_line(tmp_path):
     assert "is a file" in main_error("--out-dir", tmp_path / "file")
     if not torch.cuda.is_available():
         assert "no CUDA GPU" in main_error(*out, "--device", "cuda")
+
+
+def test_pictures_at_another_resolution_are_scored_at_32_px():
+    """A released tokenizer decodes 256 px pictures; the scorer reads the shapes world at 32 px."""
+    example = data.make_examples(1, seed=3)[0]
+    large = np.array(Image.fromarray(example.image).resize((256, 256), Image.NEAREST))
+    assert train.as_world_picture(large).shape == (32, 32, 3)
+    assert data.matches(train.as_world_picture(large), example.caption)
 
 
 def test_set_reads_each_field_as_its_type():
