@@ -528,6 +528,9 @@ class ImageTokenizerConfig:
     decoder_ch_mult: tuple = (1, 1, 2, 2, 4)
     decoder_res_blocks: tuple = (4, 4, 3, 4, 3)
     num_groups: int = 32                      # GroupNorm groups (32 in the release)
+    # The release's middle block attends over the whole picture, so every code mixes in
+    # the whole picture. Small models learn to read and draw LOCAL codes far more easily.
+    mid_attention: bool = True
     commitment_weight: float = 0.1            # LFQ training losses (docs/checkpoints.md)
     entropy_weight: float = 0.1
     beta: float = 0.25
@@ -633,11 +636,15 @@ def _level(blocks, resample=None):
     return level
 
 
-def _middle(ch, groups):
-    """ResBlock, attention, ResBlock at the smallest resolution (`mid.block_1` ...)."""
+def _middle(ch, groups, attention=True):
+    """ResBlock, attention, ResBlock at the smallest resolution (`mid.block_1` ...).
+
+    Without `attention` the middle is two ResBlocks: every code then depends only on the
+    pixels near it (see ImageTokenizerConfig.mid_attention).
+    """
     mid = nn.Module()
     mid.block_1 = ResBlock(ch, ch, groups)
-    mid.attn_1 = AttnBlock(ch, groups)
+    mid.attn_1 = AttnBlock(ch, groups) if attention else nn.Identity()
     mid.block_2 = ResBlock(ch, ch, groups)
     return mid
 
@@ -661,7 +668,7 @@ class Encoder(nn.Module):
             last = i == len(mult) - 1
             self.down.append(_level(blocks, None if last else ("downsample", Downsample(block_out))))
             block_in = block_out
-        self.mid = _middle(block_in, groups)
+        self.mid = _middle(block_in, groups, cfg.mid_attention)
         self.norm_out = nn.GroupNorm(groups, block_in, eps=1e-6)
         self.conv_out = nn.Conv2d(block_in, cfg.z_channels, 3, padding=1)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 1)
@@ -686,7 +693,7 @@ class Decoder(nn.Module):
         block_in = ch * mult[-1]
         self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 1)
         self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
-        self.mid = _middle(block_in, groups)
+        self.mid = _middle(block_in, groups, cfg.mid_attention)
         # Built from the deepest level up, but stored shallowest first (`up.0` is the
         # full-resolution level), as in the release.
         levels = []

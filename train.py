@@ -78,6 +78,7 @@ class TrainConfig:
     vq_batch: int = 64
     vq_lr: float = 3e-3
     vq_entropy_per_code: bool = False
+    vq_mid_attention: bool = True
     # transformer
     hidden_size: int = 192
     num_layers: int = 4
@@ -351,7 +352,8 @@ def image_tokenizer_config(tc, resolution):
     return ImageTokenizerConfig(resolution=resolution, z_channels=tc.vq_z_channels,
                                 encoder_ch=tc.vq_ch, encoder_ch_mult=mult, encoder_res_blocks=(1,) * len(mult),
                                 decoder_ch=tc.vq_ch, decoder_ch_mult=mult, decoder_res_blocks=(1,) * len(mult),
-                                num_groups=tc.vq_groups, entropy_per_code=tc.vq_entropy_per_code)
+                                num_groups=tc.vq_groups, entropy_per_code=tc.vq_entropy_per_code,
+                                mid_attention=tc.vq_mid_attention)
 
 
 def model_config(tc, text_tokenizer, vq):

@@ -32,6 +32,7 @@ EXERCISES = {
     "ntp_loss": model, "mtp_loss": model,                                 # lesson 5
     "merge_pair": tokenizer, "LookupFreeQuantizer": tokenizer,            # lessons 1, 2
     "guide": sampling, "maskgit_step": sampling, "CachedNextToken": sampling,   # lessons 6, 7
+    "prediction_targets": train,                                          # lesson 8
 }
 PROJECT_MODULES = (attention, checkpoint, data, model, sampling, tokenizer, train)
 

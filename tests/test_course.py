@@ -40,6 +40,7 @@ EXPECTED_FILES = {
     "masks/t2i_mask.png": None, "masks/mmu_mask.png": None, "masks/lm_mask.png": None,
     "out/micro/samples.png": None, "out/micro/curves.png": (2 * 420, 260),
     "film.png": (4 * 4 * 34, 4 * 34),                       # 4 MaskGIT steps of the micro preset
+    "film_maskgit.png": (4 * 4 * 34, 4 * 34),
 }
 
 
