@@ -794,7 +794,7 @@ def line_chart(series, title, x_label, y_low, y_high, size=(420, 260)):
         y = height - bottom - (y_value - y_low) / (y_high - y_low) * (height - top - bottom)
         draw.text((2, y - 6), f"{y_value:g}", fill="black")
     draw.text((left, height - bottom + 4), "0", fill="black")
-    draw.text((width - right - 60, height - bottom + 4), f"{x_high:g} {x_label}", fill="black")
+    draw.text((width - right - 70, height - bottom + 4), f"{x_high:.3g} {x_label}", fill="black")
     for k, (name, (xs, ys)) in enumerate(series.items()):
         colour = CURVE_COLOURS[k % len(CURVE_COLOURS)]
         points = [(left + x / x_high * (width - left - right),
