@@ -304,10 +304,11 @@ def bench_compare(args):
     """Forward passes, wall time and scores of an mtp and an ar checkpoint of the same recipe."""
     torch.set_num_threads(args.threads or torch.get_num_threads())
     print(f"{'arm':<34} {'passes/picture':>14} {f's/{args.pictures} pictures':>18}  scores")
-    for path in (args.mtp, args.ar):
+    for path, changes in ((args.mtp, args.mtp_set), (args.ar, args.ar_set)):
         model, vq, text_tokenizer, extra = load_checkpoint(path)
         objective = extra.get("image_objective", "mtp")
-        tc = train.config_from_dict(extra["train_config"])
+        tc = train.override(train.config_from_dict(extra["train_config"]), changes)
+        print(f"{path}: guidance {tc.guidance}, temperature {tc.sample_temperature}, top-k {tc.sample_top_k or 'all'}")
         step_counts = args.mtp_steps if objective == "mtp" else [model.cfg.num_vq_tokens]
         for steps in step_counts:
             tc_steps = replace(tc, sample_steps=steps)
@@ -377,6 +378,10 @@ def main(argv=None):
     compare.add_argument("--ar", required=True, help="the same recipe with --image-objective ar")
     compare.add_argument("--pictures", type=int, default=100, help="pictures drawn for the timing")
     compare.add_argument("--mtp-steps", type=int, nargs="+", default=[4, 8, 12, 24])
+    compare.add_argument("--mtp-set", action="append", default=[], metavar="NAME=VALUE",
+                         help="sampling override for the mtp arm, e.g. guidance=1.0 (repeatable)")
+    compare.add_argument("--ar-set", action="append", default=[], metavar="NAME=VALUE",
+                         help="sampling override for the ar arm, e.g. sample_temperature=0.5 (repeatable)")
     compare.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv or ["inference"])

@@ -626,7 +626,7 @@ def run(args):
     """Check everything, load the checkpoint, then do the one task the options ask for."""
     check_arguments(args)
     if args.question:
-        print(ask(Session(args), args.image, args.question))
+        print(ask(Session(args), args.image, args.question) or "(no answer: the model ended it at once)")
         return
     prompts = prompts_of(args)
     if args.film:

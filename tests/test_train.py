@@ -37,7 +37,7 @@ def micro_batches(micro, scenes=64, seed=0, **changes):
 
 def test_mixed_batch_layout_and_labels(micro):
     text_tokenizer = micro[2]
-    cfg, tc, batches = micro_batches(micro)
+    cfg, tc, batches = micro_batches(micro, mmu_questions=1, mmu_answer_only=False)
     parts = batches.batch(0)
     assert {k: len(p) for k, p in parts.items()} == {"t2i": tc.batch_t2i, "mmu": tc.batch_mmu, "lm": tc.batch_lm}
     t2i = parts["t2i"]
@@ -60,7 +60,7 @@ def test_mixed_batch_layout_and_labels(micro):
 
 def test_answer_only_labels_skip_the_question(micro):
     text_tokenizer = micro[2]
-    _, _, batches = micro_batches(micro, mmu_answer_only=True)
+    _, _, batches = micro_batches(micro, mmu_questions=1, mmu_answer_only=True)
     labels = batches.batch(0)["mmu"].labels
     answers = {" " + a for e in data.make_examples(64, seed=0) for _, a in e.qa}
     for row in labels:
