@@ -272,7 +272,7 @@ def bench_loading(args):
     read = sum(f.stat().st_size for f in [directory / "showo" / "pytorch_model.bin",
                                           directory / "magvit" / "model.safetensors"])
     print(f"released weights on disk: {read / 1e9:.2f} GB (float32)\n")
-    print(f"{'step':<28} {'seconds':>8} {'peak RSS GB':>12}  result")
+    print(f"{'step':<28} {'seconds':>8} {'peak RSS GiB':>12}  result")
     for step in ["convert", "load bf16", "load fp32", "picture", "answer"]:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             seconds, result, peak = pool.submit(loading_job, step, directory).result()

@@ -8,9 +8,9 @@
    and Appendix C "Training Pipeline"): every step holds
    text-to-image sequences (mask-token prediction, MTP, with 10% of captions dropped so
    classifier-free guidance works), understanding sequences (next-token prediction, NTP,
-   on captions and answers) and plain text (NTP); the loss is
+   on the answers; a picture carries six questions) and plain text (NTP); the loss is
    1.0 * MTP(t2i) + 0.1 * NTP(lm) + 1.0 * NTP(mmu)  (Eq. 3 of the paper);
-4. write one checkpoint (the same single-file format as `python model.py convert`), a
+4. write one checkpoint (the same single-file format as `python checkpoint.py convert`), a
    grid of samples, and held-out scores: does a generated picture match its prompt,
    are answers and captions right.
 
@@ -907,7 +907,7 @@ def parse_args(argv):
     p.add_argument("--out-dir", type=Path, default=Path("out"))
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue OUT_DIR/PRESET.pt where it stopped")
-    p.add_argument("--init", help="fine-tune from a converted checkpoint (python model.py convert)")
+    p.add_argument("--init", help="fine-tune from a converted checkpoint (python checkpoint.py convert)")
     p.add_argument("--tokenizers-from", help="reuse the text and image tokenizers of this checkpoint")
     p.add_argument("--data-dir", help="folder of your own images with captions.jsonl")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out scores")

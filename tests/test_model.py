@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from model import IGNORE, QKNormAttention, ShowoConfig, apply_rotary, mtp_loss, ntp_loss, rotary_cos_sin
+from model import IGNORE, MLP, QKNormAttention, ShowoConfig, apply_rotary, mtp_loss, ntp_loss, rotary_cos_sin
 
 
 def rotate(x, position, dim=4, base=10000.0):
@@ -80,3 +80,16 @@ def test_mtp_loss_has_no_shift_and_counts_masked_places_only():
     logits = torch.tensor([[[9.0, -9.0], [0.0, math.log(3)], [-9.0, 9.0]]])
     labels = torch.tensor([[IGNORE, 1, IGNORE]])
     assert mtp_loss(logits, labels).item() == pytest.approx(math.log(4 / 3), rel=1e-6)
+
+
+def test_the_mlp_uses_phis_tanh_gelu():
+    """Phi-1.5's activation is 'gelu_new', the tanh approximation; exact GELU differs by up
+    to ~1e-3, too little for random-weight logits to show, so check the MLP itself."""
+    mlp = MLP(ShowoConfig(hidden_size=4, intermediate_size=4))
+    with torch.no_grad():
+        for layer in (mlp.fc1, mlp.fc2):
+            layer.weight.copy_(torch.eye(4))
+            layer.bias.zero_()
+    x = torch.tensor([-3.0, -1.0, 0.5, 2.0])
+    tanh_gelu = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    assert torch.allclose(mlp(x), tanh_gelu, atol=1e-7), "the MLP's GELU is not the tanh approximation"

@@ -1,6 +1,7 @@
 """MaskGIT sampling, guidance, inpainting, understanding and the sampling CLI."""
 
 import math
+import zipfile
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 
 import sampling
 from attention import t2i_attention_mask
-from checkpoint import load_checkpoint
+from checkpoint import CheckpointError, load_checkpoint
 from model import ShowoConfig, decode_text
 from sampling import (FullRecomputeT2I, generate_image_codes, guide, mask_schedule, maskgit_step,
                       shift_codes, stitch_extension)
@@ -169,6 +170,22 @@ def test_checkpoint_round_trip_gives_identical_logits(micro):
     with torch.no_grad():
         assert torch.equal(model(ids, allowed), loaded(ids, allowed))
     assert text_tokenizer.encode("a red circle") == micro[2].encode("a red circle")
+
+
+def test_a_compressed_or_cut_checkpoint_file(micro, tmp_path):
+    """torch.save stores tensors uncompressed and we read them in place; a zip that another
+    tool compressed still loads the same, and a cut-off file is one clear error."""
+    model, _, _, path = micro
+    compressed = tmp_path / "compressed.pt"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(compressed, "w", zipfile.ZIP_DEFLATED) as target:
+        for member in source.infolist():
+            target.writestr(member.filename, source.read(member))
+    loaded, _, _, _ = load_checkpoint(compressed)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(path.read_bytes()[:-4096])
+    with pytest.raises(CheckpointError, match="incomplete|not a readable"):
+        load_checkpoint(cut)
 
 
 # ---- the command line ------------------------------------------------------------------
