@@ -632,7 +632,7 @@ def run(args):
     if args.film:
         out = check_output(args.film)
         film(Session(args), prompts[0]).save(out)
-        print(f"wrote {out}: the picture after each of the MaskGIT steps, still-masked tokens grey")
+        print(f"wrote {out}: the picture after each decoding step, tokens not yet drawn grey")
     elif args.image:
         out = check_output(args.out or "edited.png")
         session = Session(args)
