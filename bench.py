@@ -301,7 +301,14 @@ def time_pictures(model, objective, settings, count, batch=50):
 
 
 def bench_compare(args):
-    """Forward passes, wall time and scores of an mtp and an ar checkpoint of the same recipe."""
+    """Forward passes, wall time and scores of an mtp and an ar checkpoint of the same recipe.
+
+    The two arms differ in the image mask, the image loss and the decoding loop only
+    (Show-o §1 argues MaskGIT needs ~20x fewer steps than raster order). Passes per picture
+    are the step counts; seconds are measured with guidance on, as in real use (it doubles
+    the rows). The scores use train.evaluate's prompts and seed, so at the stored settings
+    they equal the scores train.py printed.
+    """
     torch.set_num_threads(args.threads or torch.get_num_threads())
     print(f"{'arm':<34} {'passes/picture':>14} {f's/{args.pictures} pictures':>18}  scores")
     for path, changes in ((args.mtp, args.mtp_set), (args.ar, args.ar_set)):
@@ -309,6 +316,7 @@ def bench_compare(args):
         objective = extra.get("image_objective", "mtp")
         tc = train.override(train.config_from_dict(extra["train_config"]), changes)
         print(f"{path}: guidance {tc.guidance}, temperature {tc.sample_temperature}, top-k {tc.sample_top_k or 'all'}")
+        # MaskGIT's step count is free (the trade-off curve); raster order needs one pass per token.
         step_counts = args.mtp_steps if objective == "mtp" else [model.cfg.num_vq_tokens]
         for steps in step_counts:
             tc_steps = replace(tc, sample_steps=steps)
@@ -319,6 +327,8 @@ def bench_compare(args):
                 random.Random(tc.seed + 7919), tc.eval_prompts, 2)], tc_steps, tc.seed)
             name = f"{objective} {'MaskGIT' if objective == 'mtp' else 'raster order'}, {steps} steps"
             print(f"{name:<34} {steps:>14} {seconds:>18.1f}  one object {one:.0%}, two objects {two:.0%}", flush=True)
+    # One level up: time depends on shapes, not on what the weights learned, so an untrained
+    # model with a 16x16 grid shows how the gap grows with the number of image tokens.
     print("\none level up: 16x16 = 256 image tokens, the same transformer, random weights (speed only)")
     model, _, _, extra = load_checkpoint(args.mtp)
     big = Showo(replace(model.cfg, num_vq_tokens=256)).eval()

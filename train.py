@@ -109,9 +109,9 @@ class TrainConfig:
     # NTP loss on the question and the answer, as the released code's captioning stages
     # do (True: on the answer only). Predicting the questions ("what shape is the red
     # object?") also trains the colour and shape words the captions use, which drawing
-    # needs: at 55 TFLOP, seed 0, one object 56% -> 92% and two objects 49% -> 69%, for
-    # captions of new pictures 82% -> 75% (E1 against A0 in the README's ablation; at seed
-    # 1 the two were level, 80% -> 81%, two objects 42% -> 46%).
+    # needs. Over seeds 0-2 at 55 TFLOP: one object 69% -> 81%, two objects 44% -> 53%,
+    # VQA 89% -> 88%, captions 82% -> 79%, captions of held-out pairs 61% -> 42% (the
+    # cost; README, "How much one run tells").
     mmu_answer_only: bool = False
     # The reference fine-tunes a pretrained 1.3B model at 1e-4; a 2M model trained from
     # nothing needs a larger step (QK-Norm keeps it stable).
