@@ -1,4 +1,4 @@
-"""Omni-attention: who may look at whom inside one Show-o sequence.
+"""Unified prompting and omni-attention: how a Show-o sequence is laid out, and who may look at whom.
 
 Show-o (arXiv 2408.12528v7, §3.2, "Omni-Attention Mechanism", Fig. 5) runs ONE transformer over
 sequences that mix text tokens and image tokens. Text is modelled autoregressively, so a
@@ -8,7 +8,9 @@ token of the same picture, in both directions. A single boolean matrix per seque
 `allowed[b, row, col]` = "position `row` may attend to position `col`", expresses both at
 once; that is the whole trick, and this file builds those matrices from token ids.
 
-Three rules are used (docs/sequences.md, section 3):
+The file first lays out the sequences themselves (§3.2 "Unified Prompting": where the
+task token, the text and the image tokens go), then builds each layout's mask: the
+layout and its mask are read together. Three rules are used (docs/sequences.md, section 3):
 
 * t2i (text-to-image):   [PAD]*k <|t2i|> BOS caption EOS <|soi|> img ... img <|eoi|>
     text rows are causal; rows inside <|soi|> ... <|eoi|> (both included) see all real text
@@ -36,6 +38,95 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
+
+
+# ----------------------------------------------------------------------------------------
+# Laying out the sequences: unified prompting (Show-o §3.2 "Unified Prompting", Fig. 4;
+# docs/sequences.md)
+# ----------------------------------------------------------------------------------------
+#
+# Text ids and image ids live in one vocabulary (model.ShowoConfig). These functions lay
+# them out as the sequences Show-o was trained on; `cfg` is a model.ShowoConfig.
+# Image CODES (0 ... codebook-1) become image TOKENS by adding cfg.image_offset.
+
+
+def text_slots(text_ids, cfg, task_id):
+    """<task> BOS text EOS, left-padded with [PAD] to max_text_len + 1 slots.
+
+    Too long: cut, and end with EOS so the caption still looks finished.
+    """
+    slots = cfg.max_text_len + 1
+    ids = [task_id, cfg.bos_token_id, *text_ids, cfg.eos_token_id]
+    if len(ids) > slots:
+        ids = ids[:slots - 1] + [cfg.eos_token_id]
+    return [cfg.pad_id] * (slots - len(ids)) + ids
+
+
+def t2i_sequences(captions_ids, image_tokens, cfg):
+    """Text-to-image sequences, (B, max_text_len + 1 + N + 2):
+
+        [PAD]*k <|t2i|> BOS caption EOS <|soi|> img_1 ... img_N <|eoi|>
+
+    captions_ids: list of B id lists (an empty list gives the unconditional prompt used
+    for classifier-free guidance). image_tokens: (B, N) ids already offset (or [MASK]).
+    """
+    text = torch.tensor([text_slots(ids, cfg, cfg.t2i_id) for ids in captions_ids],
+                        device=image_tokens.device)
+    b = image_tokens.shape[0]
+    soi = torch.full((b, 1), cfg.soi_id, device=image_tokens.device)
+    eoi = torch.full((b, 1), cfg.eoi_id, device=image_tokens.device)
+    return torch.cat([text, soi, image_tokens, eoi], dim=1)
+
+
+def mmu_sequences(image_tokens, texts_ids, cfg, pad_to=None):
+    """Understanding sequences, right-padded with [PAD] to the longest (or `pad_to`):
+
+        <|mmu|> <|soi|> img_1 ... img_N <|eoi|> BOS text...
+
+    texts_ids: list of B id lists (question + answer + EOS when training; just the
+    question when asking). Returns (ids (B, L), number of real tokens per row).
+    """
+    rows = [[cfg.mmu_id, cfg.soi_id, *img, cfg.eoi_id, cfg.bos_token_id, *text]
+            for img, text in zip(image_tokens.tolist(), texts_ids)]
+    lengths = [len(r) for r in rows]
+    width = pad_to or max(lengths)
+    ids = torch.tensor([r + [cfg.pad_id] * (width - len(r)) for r in rows], device=image_tokens.device)
+    return ids, lengths
+
+
+def lm_sequences(texts_ids, cfg, length):
+    """Language-modelling sequences BOS text EOS, cut to `length`, right-padded with [PAD]."""
+    rows = [[cfg.bos_token_id, *ids, cfg.eos_token_id][:length] for ids in texts_ids]
+    return torch.tensor([r + [cfg.pad_id] * (length - len(r)) for r in rows])
+
+
+def shared_picture_sequences(image_tokens, qa_ids, targets, cfg, ignore):
+    """Understanding rows that ask SEVERAL questions about one picture (training only).
+
+        <|mmu|> <|soi|> img_1 ... img_N <|eoi|>  BOS q1 a1 EOS  BOS q2 a2 EOS  ...
+
+    image_tokens: B (N,) tensors of image ids; qa_ids: per row, a list of (question ids,
+    answer ids); targets: per row, per pair, the labels of "question answer" (`ignore`
+    where no loss is wanted). Returns (ids, labels, positions, segments), each (B, L),
+    right-padded. segments is 0 on the picture prefix and k on the k-th question-answer
+    pair (-1 on padding), for shared_picture_attention_mask; each pair's positions restart
+    right after the prefix, so it gets exactly the logits of a row of its own.
+    """
+    rows = []
+    for image, pairs, pair_targets in zip(image_tokens, qa_ids, targets):
+        prefix = [cfg.mmu_id, cfg.soi_id, *image.tolist(), cfg.eoi_id]
+        ids, segments, labels = list(prefix), [0] * len(prefix), [ignore] * len(prefix)
+        positions = list(range(len(prefix)))
+        for segment, ((question, answer), target) in enumerate(zip(pairs, pair_targets), start=1):
+            text = [cfg.bos_token_id, *question, *answer, cfg.eos_token_id]
+            ids += text
+            segments += [segment] * len(text)
+            positions += range(len(prefix), len(prefix) + len(text))
+            labels += [ignore, *target, cfg.eos_token_id]
+        rows.append((ids, labels, positions, segments))
+    width = max(len(row[0]) for row in rows)
+    fills = (cfg.pad_id, ignore, 0, -1)
+    return tuple(torch.tensor([row[k] + [fill] * (width - len(row[k])) for row in rows]) for k, fill in enumerate(fills))
 
 
 # ----------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ Read first: checkpoint.py. Read next: COURSE.md (the lessons) and docs/paper_map
 """
 
 import argparse
+import math
 import multiprocessing
 import random
 import resource
@@ -60,13 +61,12 @@ from pathlib import Path
 import torch
 
 import data
-import train
-from attention import t2i_attention_mask
-from checkpoint import convert, load_checkpoint, write_released_layout
-from model import Showo, ShowoConfig, mtp_loss
-from sampling import (DEFAULT_GUIDANCE, answer_questions, generate_image_codes, generate_pictures,
+import evaluate
+from attention import mmu_sequences, t2i_attention_mask, t2i_sequences
+from checkpoint import UsageError, convert, load_checkpoint, write_released_layout
+from model import IGNORE, Showo, ShowoConfig, mtp_loss
+from sampling import (DEFAULT_SETTINGS, answer_questions, generate_image_codes, generate_pictures,
                       generate_text_cached, left_pad, phrase_question, recommended_settings)
-from tokenizer import mmu_sequences, t2i_sequences
 
 
 @dataclass
@@ -133,8 +133,8 @@ def train_job(model, args, explicit, small):
     tokens = torch.where(hidden, cfg.mask_token_id, images + cfg.image_offset)
     ids = t2i_sequences(random_captions(cfg, args.train_batch, gen), tokens, cfg).to(device)
     allowed = t2i_attention_mask(ids, cfg.pad_id, cfg.soi_id, cfg.eoi_id)
-    labels = torch.full(ids.shape, -100)
-    labels[:, -(cfg.num_vq_tokens + 1):-1] = torch.where(hidden, images + cfg.image_offset, -100)
+    labels = torch.full(ids.shape, IGNORE)
+    labels[:, -(cfg.num_vq_tokens + 1):-1] = torch.where(hidden, images + cfg.image_offset, IGNORE)
     model.train()
     model.use_explicit_attention(explicit)
     for _ in range(1 if small else args.train_steps):
@@ -300,32 +300,50 @@ def time_pictures(model, objective, settings, count, batch=50):
     return time.perf_counter() - start
 
 
+SETTING_TYPES = {"guidance": float, "temperature": float, "top_k": int}
+
+
+def parse_settings(assignments, flag):
+    """--mtp-set / --ar-set NAME=VALUE pairs -> {name: value} for the sampling settings."""
+    settings = {}
+    for assignment in assignments:
+        name, _, text = assignment.partition("=")
+        if name not in SETTING_TYPES:
+            raise ValueError(f"{flag} {assignment}: NAME is one of {', '.join(SETTING_TYPES)} "
+                             f"(the steps are --mtp-steps)")
+        try:
+            settings[name] = SETTING_TYPES[name](text)
+        except ValueError:
+            raise ValueError(f"{flag} {assignment}: expected a {SETTING_TYPES[name].__name__}") from None
+    return settings
+
+
 def bench_compare(args):
     """Forward passes, wall time and scores of an mtp and an ar checkpoint of the same recipe.
 
     The two arms differ in the image mask, the image loss and the decoding loop only
     (Show-o §1 argues MaskGIT needs ~20x fewer steps than raster order). Passes per picture
     are the step counts; seconds are measured with guidance on, as in real use (it doubles
-    the rows). The scores use train.evaluate's prompts and seed, so at the stored settings
+    the rows). The scores use evaluate.py's prompts and seed, so at the stored settings
     they equal the scores train.py printed.
     """
     torch.set_num_threads(args.threads or torch.get_num_threads())
     print(f"{'arm':<34} {'passes/picture':>14} {f's/{args.pictures} pictures':>18}  scores")
-    for path, changes in ((args.mtp, args.mtp_set), (args.ar, args.ar_set)):
+    arms = ((args.mtp, parse_settings(args.mtp_set, "--mtp-set")), (args.ar, parse_settings(args.ar_set, "--ar-set")))
+    for path, changes in arms:
         model, vq, text_tokenizer, extra = load_checkpoint(path)
-        objective = extra.get("image_objective", "mtp")
-        tc = train.override(train.config_from_dict(extra["train_config"]), changes)
-        print(f"{path}: guidance {tc.guidance}, temperature {tc.sample_temperature}, top-k {tc.sample_top_k or 'all'}")
+        scoring = evaluate.scoring_of_checkpoint(extra)
+        scoring.settings = {**scoring.settings, **changes}
+        print(f"{path}: " + ", ".join(f"{name} {value}" for name, value in scoring.settings.items()))
+        prompts = evaluate.evaluation_prompts(scoring)
         # MaskGIT's step count is free (the trade-off curve); raster order needs one pass per token.
-        step_counts = args.mtp_steps if objective == "mtp" else [model.cfg.num_vq_tokens]
+        step_counts = args.mtp_steps if scoring.objective == "mtp" else [model.cfg.num_vq_tokens]
         for steps in step_counts:
-            tc_steps = replace(tc, sample_steps=steps)
-            seconds = time_pictures(model, objective, train.sampling_settings(tc_steps), args.pictures)
-            one = train.t2i_match_rate(model, vq, text_tokenizer, data.one_object_captions() * tc.eval_draws,
-                                       tc_steps, tc.seed)
-            two = train.t2i_match_rate(model, vq, text_tokenizer, [data.caption(s) for s in data.random_scenes(
-                random.Random(tc.seed + 7919), tc.eval_prompts, 2)], tc_steps, tc.seed)
-            name = f"{objective} {'MaskGIT' if objective == 'mtp' else 'raster order'}, {steps} steps"
+            arm = replace(scoring, settings={**scoring.settings, "steps": steps})
+            seconds = time_pictures(model, arm.objective, arm.settings, args.pictures)
+            one, two = (evaluate.t2i_match_rate(model, vq, text_tokenizer, prompts[name], arm)
+                        for name in ("t2i_one", "t2i_two"))
+            name = f"{arm.objective} {'MaskGIT' if arm.objective == 'mtp' else 'raster order'}, {steps} steps"
             print(f"{name:<34} {steps:>14} {seconds:>18.1f}  one object {one:.0%}, two objects {two:.0%}", flush=True)
     # One level up: time depends on shapes, not on what the weights learned, so an untrained
     # model with a 16x16 grid shows how the gap grows with the number of image tokens.
@@ -369,7 +387,7 @@ def main(argv=None):
     inference.add_argument("--prompts", type=int, default=1,
                            help="t2i captions per batch (guidance doubles the rows)")
     inference.add_argument("--steps", type=int, default=18, help="t2i MaskGIT steps")
-    inference.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="t2i guidance scale w")
+    inference.add_argument("--guidance", type=float, default=DEFAULT_SETTINGS["guidance"], help="t2i guidance scale w")
     inference.add_argument("--questions", type=int, default=2, help="mmu questions per batch (ragged lengths)")
     inference.add_argument("--new-tokens", type=int, default=100, help="mmu answer tokens generated per question")
     inference.add_argument("--train-batch", type=int, default=2, help="training step: t2i sequences per batch")
@@ -389,18 +407,40 @@ def main(argv=None):
     compare.add_argument("--pictures", type=int, default=100, help="pictures drawn for the timing")
     compare.add_argument("--mtp-steps", type=int, nargs="+", default=[4, 8, 12, 24])
     compare.add_argument("--mtp-set", action="append", default=[], metavar="NAME=VALUE",
-                         help="sampling override for the mtp arm, e.g. guidance=1.0 (repeatable)")
+                         help="sampling override for the mtp arm: guidance=W or temperature=T (repeatable)")
     compare.add_argument("--ar-set", action="append", default=[], metavar="NAME=VALUE",
-                         help="sampling override for the ar arm, e.g. sample_temperature=0.5 (repeatable)")
+                         help="sampling override for the ar arm: guidance=W, temperature=T or top_k=K (repeatable)")
     compare.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv or ["inference"])
-    if args.command == "loading":
-        bench_loading(args)
-    elif args.command == "compare":
-        bench_compare(args)
-    else:
-        bench_inference(args)
+    try:
+        check_arguments(args)
+        {"loading": bench_loading, "compare": bench_compare, "inference": bench_inference}[args.command](args)
+    except (UsageError, ValueError) as error:
+        sys.exit(f"error: {error}")
+
+
+# Counts that must be at least 1, per subcommand (the option names as argparse stores them).
+AT_LEAST_ONE = {"inference": ("hidden", "layers", "heads", "prompts", "steps", "questions", "new_tokens",
+                              "train_batch", "train_steps", "repeats"),
+                "compare": ("pictures",), "loading": ()}
+
+
+def check_arguments(args):
+    """Every number checked, one line each, before anything is built or loaded."""
+    for name in AT_LEAST_ONE[args.command]:
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1")
+    if getattr(args, "threads", 0) < 0:
+        raise UsageError(f"--threads {args.threads}: give 0 (one per core) or more")
+    if args.command == "inference":
+        if not (math.isfinite(args.guidance) and 0 <= args.guidance <= 100):
+            raise UsageError(f"--guidance {args.guidance}: give a number in [0, 100]")
+        if args.hidden % args.heads or (args.hidden // args.heads) % 4:
+            raise UsageError(f"--hidden {args.hidden} / --heads {args.heads}: the head size must be a whole "
+                             f"multiple of 4 (rotary embedding)")
+    if args.command == "compare" and min(args.mtp_steps) < 1:
+        raise UsageError(f"--mtp-steps {args.mtp_steps}: every step count must be at least 1")
 
 
 if __name__ == "__main__":

@@ -31,19 +31,123 @@ import pickle
 import re
 import struct
 import sys
+import tempfile
 import zipfile
+import zlib
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from model import Showo, ShowoConfig
-from tokenizer import ImageTokenizer, ImageTokenizerConfig, TextTokenizer
+from tokenizer import ImageTokenizer, ImageTokenizerConfig, TextTokenizer, read_json
 
 
-class CheckpointError(Exception):
+class UsageError(Exception):
+    """Bad input from the user: a file, a flag, a value. The message is one line that says
+    what to do; every command line of the project prints it as `error: ...` and exits."""
+
+
+class CheckpointError(UsageError):
     """A checkpoint that cannot be loaded; the message says what to do."""
+
+
+def pick_device(name):
+    """Where the weights go: 'auto' -> cuda when present; 'cuda' without CUDA is an error,
+    never a silent fallback to the CPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but no CUDA GPU is visible: use --device cpu")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def check_writable_folder(folder, what, create=False):
+    """Refuse, before any work, a folder that cannot take a new file (`what` names the flag).
+
+    Creates and removes a small probe file there: os.access cannot tell, because these tools
+    often run as root, to whom it answers yes even on a read-only disk. With create=True a
+    missing folder is fine (the tool makes it): its nearest existing parent is probed.
+    """
+    folder = Path(folder)
+    while create and not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{what}: the folder {folder} does not exist: create it first or choose another place")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
+            pass
+    except OSError as error:
+        raise UsageError(f"{what}: cannot write in {folder} ({error.strerror}): choose another place") from None
+
+
+def check_writable_file(path, what):
+    """The same for an output file: not an existing folder, and its folder takes new files."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a folder: give a file name in it")
+    check_writable_folder(path.parent, what)
+
+
+def first_line(error):
+    """An exception's message cut to one line (torch's RuntimeErrors span several)."""
+    return (str(error).splitlines() or [error.__class__.__name__])[0]
+
+
+def damaged(path, what):
+    """The one message for a weights or config file whose bytes make no sense."""
+    return CheckpointError(f"{path} is damaged ({what}): the download or write was cut or corrupted; "
+                           f"download or write it again")
+
+
+def read_config(path):
+    """tokenizer.read_json ({} when missing), with a damaged file as a CheckpointError."""
+    try:
+        return read_json(Path(path))
+    except ValueError as error:                  # tokenizer.py cannot import CheckpointError
+        raise CheckpointError(str(error)) from None
+
+
+@contextmanager
+def one_writer(path):
+    """Hold PATH.lock (holding our pid) while a run writes PATH; refuse a second live writer.
+
+    Two training runs in one --out-dir would overwrite each other's checkpoints. A lock
+    left by a process that no longer exists (a killed run) is taken over.
+    """
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            owner = lock.read_text().strip() if lock.is_file() else ""
+            if owner.isdigit() and process_exists(int(owner)):
+                raise UsageError(f"another run (pid {owner}) is writing {path}: wait for it to finish, "
+                                 f"or give this one another --out-dir") from None
+            lock.unlink(missing_ok=True)
+    else:
+        raise UsageError(f"cannot take the lock {lock}: remove it if no run is writing {path}")
+    os.write(descriptor, str(os.getpid()).encode())
+    os.close(descriptor)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def process_exists(pid):
+    """Whether a process with this pid is running (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:            # it exists, but belongs to someone else
+        return True
+    return True
 
 
 # ----------------------------------------------------------------------------------------
@@ -56,10 +160,28 @@ class StoredTensor:
     def __init__(self, path, shape, dtype, read):
         self.path, self.shape, self.dtype, self._read = path, torch.Size(shape), dtype, read
 
+    def read(self):
+        """The tensor exactly as stored (dtype and bytes), on the CPU: what checksums cover."""
+        return self._read()
+
     def load(self, dtype=None, device="cpu"):
         """Read the tensor, then cast / move it (its file bytes are released right after)."""
         tensor = self._read()
         return tensor.to(device=device, dtype=dtype or tensor.dtype)
+
+
+def all_finite(tensor):
+    """No NaN or inf in a tensor. Its min and max show both (NaN propagates through them),
+    in one pass and without a copy: torch.isfinite(t).all() was 100x slower, a minute at full size."""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return True
+    return bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all())
+
+
+def crc32(tensor):
+    """CRC-32 of a tensor's bytes in memory order (zlib's runs at GB/s: cheap beside the read).
+    Flattened first, because a 0-d tensor cannot be viewed as bytes."""
+    return zlib.crc32(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
 _SAFETENSORS_DTYPES = {
@@ -100,15 +222,37 @@ def read_safetensors(path):
     The header maps each name to {dtype, shape, data_offsets: [begin, end]}, offsets
     counted from the end of the header.
     """
+    # Every number in the header is checked against the file before it is used: a damaged
+    # download would otherwise ask for an exabyte (OverflowError) or read past the end.
     with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_len))
+        size = os.fstat(f.fileno()).st_size
+        start = f.read(8)
+        if len(start) < 8:
+            raise damaged(path, "shorter than a safetensors header")
+        (header_len,) = struct.unpack("<Q", start)
+        if header_len > size - 8:
+            raise damaged(path, f"header of {header_len} bytes in a file of {size}")
+        try:
+            header = json.loads(f.read(header_len))
+        except ValueError:                        # bad JSON or bad UTF-8
+            raise damaged(path, "its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise damaged(path, "its header is not a JSON object")
+    data_size = size - 8 - header_len
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        begin, end = info["data_offsets"]
-        dtype, shape = _SAFETENSORS_DTYPES[info["dtype"]], info["shape"]
+        try:
+            begin, end = info["data_offsets"]
+            dtype, shape = _SAFETENSORS_DTYPES[info["dtype"]], torch.Size(info["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise damaged(path, f"tensor {name} has no valid dtype, shape and data_offsets") from None
+        nbytes = shape.numel() * dtype.itemsize
+        if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= data_size
+                and end - begin == nbytes):
+            raise damaged(path, f"tensor {name} needs {nbytes} bytes, its offsets say [{begin}, {end}) "
+                                f"of the {data_size} the file holds")
 
         def read(begin=begin, end=end, dtype=dtype, shape=shape):
             raw = _read_bytes(path, 8 + header_len + begin, end - begin)
@@ -146,6 +290,10 @@ _STORAGE_DTYPES = {
 }
 
 
+class _NotAllowed(pickle.UnpicklingError):
+    """A global other than tensors and plain containers: the file is some other pickle."""
+
+
 class _LazyUnpickler(pickle.Unpickler):
     def __init__(self, archive, prefix, path):
         super().__init__(archive.open(f"{prefix}data.pkl"))
@@ -158,7 +306,7 @@ class _LazyUnpickler(pickle.Unpickler):
             return OrderedDict
         if module == "torch" and name in _STORAGE_DTYPES:
             return _STORAGE_DTYPES[name]
-        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a weights file")
+        raise _NotAllowed(f"{module}.{name}")
 
     def persistent_load(self, persistent_id):
         _, dtype, key, _, numel = persistent_id                  # ('storage', dtype, key, device, numel)
@@ -181,11 +329,21 @@ def read_torch_file(path):
         with zipfile.ZipFile(path) as archive:
             pickles = [name for name in archive.namelist() if name.endswith("data.pkl")]
             if not pickles:
-                raise zipfile.BadZipFile
+                raise zipfile.BadZipFile("no data.pkl inside")
             return _LazyUnpickler(archive, pickles[0][:-len("data.pkl")], path).load()
-    except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError) as error:
+    except _NotAllowed as error:
+        # Never unpickled in full (that could run any code the file names), so no advice
+        # about torch.load(weights_only=False) either: this is simply not a weights file.
+        raise CheckpointError(f"{path} holds a Python object ({error}), not only tensors: it is not a "
+                              f"weights file; give a checkpoint written by train.py or convert") from None
+    except OSError as error:                     # not a damaged file: a folder, no permission, a disk error
+        raise CheckpointError(f"cannot read {path} ({error.strerror or error}): check the path and "
+                              f"its permissions") from None
+    except Exception as error:
+        # A cut or garbled zip or pickle fails in any of a dozen ways (BadZipFile, EOFError,
+        # UnpicklingError, KeyError, struct.error, ...): all mean the same to the user.
         raise CheckpointError(f"{path} is not a readable torch checkpoint ({error.__class__.__name__}): "
-                              f"save it again with torch.save") from None
+                              f"the file is damaged or cut short; download or write it again") from None
 
 
 def materialize(value):
@@ -211,8 +369,10 @@ def read_weights(directory):
                               f"downloaded with huggingface-cli")
     index = sorted(directory.glob("*.index.json"))
     if index:
-        shard_names = sorted(set(json.loads(index[0].read_text())["weight_map"].values()))
-        files = [directory / name for name in shard_names]
+        weight_map = read_config(index[0]).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(n, str) for n in weight_map.values()):
+            raise damaged(index[0], 'no "weight_map" of tensor names to shard files')
+        files = [directory / name for name in sorted(set(weight_map.values()))]
     else:
         files = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
     if not files:
@@ -224,12 +384,6 @@ def read_weights(directory):
             raise CheckpointError(f"shard {file.name} named in the index is missing from {directory}")
         state.update(read_safetensors(file) if file.suffix == ".safetensors" else read_torch_file(file))
     return state
-
-
-def read_json(path):
-    """A JSON file as a dict, or {} when it does not exist."""
-    path = Path(path)
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 # ----------------------------------------------------------------------------------------
@@ -301,13 +455,18 @@ def build_empty(module_class, cfg):
         return module_class(cfg)
 
 
-def fill(module, state, source, dtype=None, device="cpu", keep_float32=()):
+def fill(module, state, source, dtype=None, device="cpu", keep_float32=(), checksums=None):
     """Give every parameter and buffer of `module` its tensor from `state`, one at a time.
 
     Checks first that the names and shapes match, and fails with ONE line listing what is
     missing, unexpected or misshapen. dtype casts floating tensors (names starting with a
     prefix in keep_float32 stay float32). Tensors are read, cast and moved one by one, so
     memory never holds more than the finished weights plus one tensor.
+
+    Each tensor is checked as read, before any cast: against its CRC-32 in `checksums`
+    ({name: crc}, as save_checkpoint stores them; files without them skip this), so damaged
+    bytes are never silently used; and for NaN / inf, so a diverged run's weights are
+    refused here rather than drawing black pictures later.
     """
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
@@ -319,13 +478,25 @@ def fill(module, state, source, dtype=None, device="cpu", keep_float32=()):
                                      f"wrong shape {misshapen}" if misshapen else ""] if p)
     if problems:
         raise CheckpointError(f"{source} does not fit the model: {problems}")
+    checksums = checksums or {}
     loaded = {}
     for name, stored in state.items():
         wanted = own[name].dtype
         if dtype is not None and wanted.is_floating_point and not name.startswith(tuple(keep_float32)):
             wanted = dtype
-        tensor = stored.load(wanted, device) if isinstance(stored, StoredTensor) else stored.to(device, wanted)
-        loaded[name] = tensor
+        try:
+            raw = stored.read() if isinstance(stored, StoredTensor) else stored
+        except (RuntimeError, ValueError) as error:       # its bytes do not fit its shape
+            raise CheckpointError(f"{source}: tensor {name} cannot be read ({first_line(error)}): "
+                                  f"the file is damaged; download or write it again") from None
+        if name in checksums and crc32(raw) != checksums[name]:
+            raise CheckpointError(f"{source}: tensor {name} is damaged (checksum mismatch): the file was "
+                                  f"corrupted; train or convert it again")
+        if not all_finite(raw):
+            raise CheckpointError(f"{source}: tensor {name} holds NaN/inf values: the run that wrote it "
+                                  f"diverged; use an earlier checkpoint")
+        loaded[name] = raw.to(device, wanted)
+        del raw                                   # the file's bytes go now, not at the next tensor
     module.load_state_dict(loaded, assign=True)
     return module
 
@@ -338,10 +509,23 @@ def config_from_released(showo_dir, phi_dir=None):
     ignored: Show-o resizes the vocabulary and always uses QK-Norm). Phi's file may hold
     nulls (e.g. "partial_rotary_factor": null): those keep the defaults.
     """
-    showo = read_json(Path(showo_dir) / "config.json")
+    showo = read_config(Path(showo_dir) / "config.json")
     if not showo:
         raise CheckpointError(f"{showo_dir}/config.json not found: pass the show-o checkpoint folder")
-    phi = read_json(Path(phi_dir) / "config.json") if phi_dir else {}
+    phi = read_config(Path(phi_dir) / "config.json") if phi_dir else {}
+    # A damaged or foreign config must fail here, in one line, not as a KeyError below or
+    # a TypeError deep inside the model.
+    needed = [(showo, "showo", key) for key in ("llm_vocab_size", "codebook_size", "vocab_size", "num_vq_tokens")]
+    needed += [(phi, "phi", key) for key in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                             "intermediate_size", "max_position_embeddings")
+               if phi.get(key) is not None]
+    for config, part, key in needed:
+        value = config.get(key)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            folder = showo_dir if part == "showo" else phi_dir
+            problem = f"has no {key}" if value is None else f"{key} is {value!r}, not a positive whole number"
+            raise CheckpointError(f"{Path(folder) / 'config.json'} {problem}: the file is damaged or not "
+                                  f"{part}'s; download it again")
     size = dict(
         hidden_size=phi.get("hidden_size"), num_layers=phi.get("num_hidden_layers"),
         num_heads=phi.get("num_attention_heads"), intermediate_size=phi.get("intermediate_size"),
@@ -380,10 +564,12 @@ def released_image_tokenizer_config(directory, num_vq_tokens=None):
     the same tokenizer reads 256 px pictures for show-o and 512 px ones for
     show-o-512x512 (it is convolutional; only the grid it makes differs).
     """
-    raw = read_json(Path(directory) / "config.json")
+    raw = read_config(Path(directory) / "config.json")
     sizes = {"resolution": raw.get("resolution"), "z_channels": raw.get("z_channels")}
     for part in ("encoder", "decoder"):
-        section = raw.get(part, {})
+        section = raw.get(part) or {}
+        if not isinstance(section, dict):
+            raise damaged(Path(directory) / "config.json", f'"{part}" is not an object')
         sizes[f"{part}_ch"] = section.get("ch")
         sizes[f"{part}_ch_mult"] = section.get("ch_mult")
         sizes[f"{part}_res_blocks"] = section.get("num_res_blocks")
@@ -457,6 +643,9 @@ CHECKPOINT_FORMAT = "showo-from-scratch/1"
 # bare question, "{question}".
 RELEASED_QUESTION_TEMPLATE = "USER: \n{question} ASSISTANT:"
 
+# The picture-drawing tasks; a checkpoint stores sampling settings for each.
+TASKS = ("t2i", "inpainting", "extrapolation")
+
 # The sampling settings of the authors' published commands (README and demo configs of
 # showlab/Show-o; docs/checkpoints.md has the table), by task and resolution.
 RELEASED_SAMPLING = {
@@ -473,24 +662,40 @@ def save_checkpoint(path, model, vq, text_tokenizer, extra=None, dtype=None):
     """One file: both configs, both networks' weights, the text tokenizer, and `extra`.
 
     Everything is stored as plain containers and tensors, so it loads with
-    torch.load(weights_only=True) as well as with load_checkpoint. The file appears whole
-    or not at all: it is written under a temporary name, then renamed (an interrupted save
-    never leaves half a file).
+    torch.load(weights_only=True) as well as with load_checkpoint. "checksums" holds the
+    CRC-32 of every weight's bytes as written ({"showo": {name: crc}, "vq": {...}}), which
+    load_checkpoint checks: a file damaged on disk or in a copy is refused, naming the
+    tensor, instead of loading as a quietly broken model.
+
+    The file appears whole or not at all: it is written under a temporary name, then
+    renamed (an interrupted save never leaves half a file). The temporary name holds the
+    process id, so two runs saving to the same path never write (or rename away) each
+    other's file; it is removed if writing fails.
     """
     def weights(module):
         return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).cpu()
                 for k, v in module.state_dict().items()}
-    temporary = Path(f"{path}.tmp")
-    torch.save({
-        "format": CHECKPOINT_FORMAT,
-        "showo_config": asdict(model.cfg),
-        "vq_config": asdict(vq.cfg),
-        "showo": weights(model),
-        "vq": weights(vq),
-        "text_tokenizer": text_tokenizer.to_dict(),
-        "extra": extra or {},
-    }, temporary)
-    os.replace(temporary, path)
+    showo, image_tokenizer = weights(model), weights(vq)
+    path = Path(path)
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save({
+            "format": CHECKPOINT_FORMAT,
+            "showo_config": asdict(model.cfg),
+            "vq_config": asdict(vq.cfg),
+            "showo": showo,
+            "vq": image_tokenizer,
+            "checksums": {"showo": {k: crc32(v) for k, v in showo.items()},
+                          "vq": {k: crc32(v) for k, v in image_tokenizer.items()}},
+            "text_tokenizer": text_tokenizer.to_dict(),
+            "extra": extra or {},
+        }, temporary)
+        os.replace(temporary, path)
+    except (OSError, RuntimeError) as error:     # a full disk reaches torch.save as a RuntimeError
+        raise CheckpointError(f"could not write {path} ({first_line(error)}): free some disk "
+                              f"space or choose another path") from None
+    finally:
+        temporary.unlink(missing_ok=True)         # gone already after a successful rename
 
 
 def check_grid(model_cfg, vq_cfg, source):
@@ -514,14 +719,19 @@ def load_checkpoint(path, device="cpu", dtype=None):
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} not found: train one with `python train.py --tiny` "
                               f"or convert the released weights with `python checkpoint.py convert`")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder: give a checkpoint file (e.g. out/tiny.pt)")
     blob = read_torch_file(path)
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a Show-o checkpoint of this project: "
                               f"convert released weights with `python checkpoint.py convert`")
     cfg, vq_cfg = ShowoConfig.from_dict(blob["showo_config"]), ImageTokenizerConfig.from_dict(blob["vq_config"])
     check_grid(cfg, vq_cfg, path)
-    model = fill(build_empty(Showo, cfg), blob["showo"], path, dtype or torch.float32, device)
-    vq = fill(build_empty(ImageTokenizer, vq_cfg), blob["vq"], path, torch.float32, device)
+    checksums = blob.get("checksums", {})                # files written before checksums have none
+    model = fill(build_empty(Showo, cfg), blob["showo"], path, dtype or torch.float32, device,
+                 checksums=checksums.get("showo"))
+    vq = fill(build_empty(ImageTokenizer, vq_cfg), blob["vq"], path, torch.float32, device,
+              checksums=checksums.get("vq"))
     return model.eval(), vq.eval(), TextTokenizer.from_dict(blob["text_tokenizer"]), blob["extra"]
 
 
@@ -530,11 +740,15 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def convert(showo_dir, magvit_dir, tokenizer_dir, out, dtype="fp32"):
     """Released folders -> one checkpoint file, with the authors' inference settings."""
+    check_writable_file(out, "--out")            # before minutes of reading, not after
     print(f"reading Show-o from {showo_dir} ...")
     model = load_released_showo(showo_dir, tokenizer_dir, DTYPES[dtype])
     print(f"reading the MAGVIT-v2 image tokenizer from {magvit_dir} ...")
     vq = load_released_image_tokenizer(magvit_dir, model.cfg.num_vq_tokens, DTYPES[dtype])
-    text_tokenizer = TextTokenizer.from_files(tokenizer_dir)
+    try:
+        text_tokenizer = TextTokenizer.from_files(tokenizer_dir)
+    except (ValueError, FileNotFoundError) as error:   # tokenizer.py's errors, already one line
+        raise CheckpointError(str(error)) from None
     if len(text_tokenizer) > model.cfg.llm_vocab_size:
         raise CheckpointError(f"the text tokenizer in {tokenizer_dir} has {len(text_tokenizer)} ids but "
                               f"the model only {model.cfg.llm_vocab_size} text ids: wrong tokenizer folder?")
@@ -563,7 +777,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         convert(args.showo, args.magvit, args.tokenizer, args.out, args.dtype)
-    except (CheckpointError, FileNotFoundError) as error:
+    except (UsageError, ValueError, OSError) as error:   # every one a one-line message, no traceback
         sys.exit(f"error: {error}")
 
 

@@ -470,6 +470,33 @@ def tensor_to_image(tensor: torch.Tensor) -> np.ndarray:
     return pixels.to(torch.uint8).movedim(-3, -1).numpy()
 
 
+def pictures_to_tensor(images, resolution):
+    """uint8 (B, H, W, 3) pictures -> float (B, 3, res, res) in [-1, 1], resized when needed."""
+    if images.shape[1] != resolution:
+        images = np.stack([resize_and_crop(Image.fromarray(image), resolution) for image in images])
+    return image_to_tensor(images)
+
+
+@torch.no_grad()
+def encode_pictures(vq, images, device, batch=256):
+    """Image codes (B, N) for uint8 pictures (B, H, W, 3), a chunk at a time.
+
+    vq is a tokenizer.ImageTokenizer; pictures are resized to its resolution. Chunks keep
+    memory small: 20,000 pictures as float32 at 256 px would be 16 GB.
+    """
+    res = vq.cfg.resolution
+    return torch.cat([vq.encode(pictures_to_tensor(images[i:i + batch], res).to(device)).cpu()
+                      for i in range(0, len(images), batch)])
+
+
+@torch.no_grad()
+def decode_codes(vq, codes, batch=256):
+    """uint8 pictures (B, H, W, 3) for (B, N) codes, a chunk at a time."""
+    device = next(vq.parameters()).device
+    return np.concatenate([tensor_to_image(vq.decode(codes[i:i + batch].to(device)))
+                           for i in range(0, len(codes), batch)])
+
+
 # -----------------------------------------------------------------------------
 # A user's own images: a folder with a captions.jsonl
 
@@ -501,6 +528,62 @@ def read_captions_file(path: Path) -> list[tuple[str, str]]:
     return entries
 
 
+# PIL's integer modes that hold more than 8 bits: the full-scale value of each. Image.convert
+# ("RGB") clips these at 255 instead of scaling (a 16-bit picture reads ~98% white), so
+# read_picture scales them itself. "I" (32-bit) has no fixed range: see _full_scale.
+_SIXTEEN_BIT = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}
+# What PIL raises for a file it cannot decode: mostly OSError, SyntaxError or EOFError for
+# broken headers, ValueError for what it cannot convert. DecompressionBombError (a picture
+# over twice Image.MAX_IMAGE_PIXELS) is not an OSError, so it must be named.
+_UNREADABLE = (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError)
+# Modes with an alpha channel ("a": premultiplied). Not `"A" in mode`: that would catch "LAB".
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def _full_scale(mode: str, values: np.ndarray) -> float:
+    """The value that means white in a high-bit-depth picture of this mode.
+
+    The file does not say which range it uses, so "I" and "F" take the smallest usual range
+    that holds their largest value: "F" 1, 255 or 65535 (above: clipped), "I" 255, 65535 or
+    the int32 maximum."""
+    if mode in _SIXTEEN_BIT:
+        return _SIXTEEN_BIT[mode]
+    top = np.nanmax(values, initial=0)
+    ranges = (1.0, 255, 65535) if mode == "F" else (255, 65535, 2 ** 31 - 1)
+    return next((scale for scale in ranges if top <= scale), ranges[-1])
+
+
+def read_picture(path) -> np.ndarray:
+    """Any picture file -> uint8 (H, W, 3) RGB at its own size (no resizing).
+
+    Every PIL mode comes out as 8-bit RGB with its values scaled, not clipped:
+    - 16-bit greyscale ("I;16*"): value * 255 / 65535;
+    - 32-bit integer ("I") and float ("F") greyscale: value * 255 / full scale, the full
+      scale being the smallest usual range that holds the largest value (_full_scale:
+      "F" 1, 255 or 65535; "I" 255, 65535 or 2**31 - 1); negatives and NaN become 0, values
+      past the full scale 255;
+    - transparency (RGBA, LA, PA, a palette or colour marked transparent) is composited on
+      white, not dropped (which shows whatever colour hides under alpha 0, often black);
+    - everything else (RGB, L, 1, P, CMYK, YCbCr, ...) through PIL's own conversion.
+    A file that cannot be read (missing, a folder, not a picture, truncated, or so large
+    that PIL raises DecompressionBombError: over twice Image.MAX_IMAGE_PIXELS) raises a
+    one-line ValueError naming it, never a traceback from inside PIL."""
+    try:
+        with Image.open(path) as image:
+            image.load()   # decode now, inside the try: a truncated file fails here, not later
+            if image.mode in _SIXTEEN_BIT or image.mode in ("I", "F"):
+                values = np.asarray(image, dtype=np.float64)
+                grey = np.nan_to_num(values / _full_scale(image.mode, values) * 255)
+                return np.repeat(grey.clip(0, 255).round().astype(np.uint8)[..., None], 3, axis=2)
+            if image.mode in _ALPHA_MODES or "transparency" in image.info:
+                white = Image.new("RGBA", image.size, "white")
+                return np.array(Image.alpha_composite(white, image.convert("RGBA")).convert("RGB"))
+            return np.array(image.convert("RGB"))
+    except _UNREADABLE as error:
+        reason = ": ".join([type(error).__name__] + str(error).splitlines()[:1])   # one line
+        raise ValueError(f"cannot read image {path} ({reason}): give a PNG or JPEG file") from None
+
+
 def resize_and_crop(image: Image.Image, resolution: int) -> np.ndarray:
     """Scale the shorter side to `resolution` (bicubic), then cut out the centre square."""
     width, height = image.size
@@ -516,8 +599,10 @@ def load_caption_folder(folder, resolution: int = IMAGE_SIZE) -> list[tuple[np.n
     """Load a user's captioned images as (uint8 resolution x resolution x 3 image, caption) pairs.
 
     The folder holds the images and a captions.jsonl with one line per image,
-    {"image": "relative/path.png", "caption": "..."}. Images that cannot be read are skipped
-    and reported in one warning, so one bad file does not stop a long training run."""
+    {"image": "relative/path.png", "caption": "..."}. Pictures are read with read_picture.
+    Pictures that cannot be read (a DecompressionBomb too) and lines with an empty caption
+    are skipped and counted in one warning, so one bad line does not stop a long training
+    run; but if every caption is empty the folder is unusable: ValueError."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no folder {folder}: expected a folder of images "
@@ -526,14 +611,51 @@ def load_caption_folder(folder, resolution: int = IMAGE_SIZE) -> list[tuple[np.n
     if not captions_path.is_file():
         raise FileNotFoundError(f"no {captions_path}: expected one line per image, like {EXPECTED_LINE}")
     entries = read_captions_file(captions_path)
-    items, skipped = [], []
+    # Checked before any picture is read: a whole folder of "" is a mistake in how the file
+    # was written (a wrong key, an export that lost the text), not a few bad lines.
+    if entries and not any(text.strip() for _, text in entries):
+        raise ValueError(f"every caption in {captions_path} is empty: give each picture a caption")
+    items, unreadable, empty = [], [], []
     for relative_path, text in entries:
+        if not text.strip():          # nothing to learn from; skip before reading the picture
+            empty.append(relative_path)
+            continue
         try:
-            with Image.open(folder / relative_path) as image:
-                items.append((resize_and_crop(image.convert("RGB"), resolution), text))
-        except (OSError, SyntaxError):   # PIL reports missing, corrupt or truncated files as one of these
-            skipped.append(relative_path)
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} of {len(entries)} images that could not be read "
-                      f"(first: {skipped[0]})", stacklevel=2)
+            picture = read_picture(folder / relative_path)
+        except ValueError as error:
+            unreadable.append(str(error))
+            continue
+        items.append((resize_and_crop(Image.fromarray(picture), resolution), text))
+    if unreadable or empty:
+        reasons = []
+        if unreadable:
+            reasons.append(f"{len(unreadable)} could not be read (first: {unreadable[0]})")
+        if empty:
+            reasons.append(f"{len(empty)} have an empty caption (first: {empty[0]})")
+        warnings.warn(f"skipped {len(unreadable) + len(empty)} of {len(entries)} images: "
+                      + "; ".join(reasons), stacklevel=2)
     return items
+
+
+# -----------------------------------------------------------------------------
+# What train.py trains on
+
+def training_set(data_dir, scenes, seed):
+    """(pictures uint8 (B, 32, 32, 3), captions, question-answer lists, LM sentences).
+
+    The shapes world (`scenes` pictures from `seed`), or a folder of your own pictures
+    with a captions.jsonl, whose captions then serve as the captioning answers and the
+    language-modelling text too. Pictures stay small and uint8 here; encode_pictures
+    resizes a chunk at a time when the image tokenizer works at another resolution (a
+    released one fine-tuned with train.py --init).
+    """
+    if data_dir:
+        items = load_caption_folder(data_dir, IMAGE_SIZE)
+        if not items:
+            raise ValueError(f"no readable images listed in {data_dir}/{CAPTIONS_FILE}")
+        captions = [caption for _, caption in items]
+        return (np.stack([image for image, _ in items]), captions,
+                [[("describe the image.", c)] for c in captions], captions)
+    examples = make_examples(scenes, seed=seed)
+    return (np.stack([e.image for e in examples]), [e.caption for e in examples], [e.qa for e in examples],
+            text_corpus(scenes, seed))

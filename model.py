@@ -355,7 +355,14 @@ IGNORE = -100   # label value that cross-entropy skips (padding, prompt, unmaske
 
 
 def ntp_loss(logits, labels):
-    """Next-token prediction (Eq. 1): position i predicts label i+1; IGNORE is skipped.
+    """Next-token prediction, Show-o Eq. 1 (arXiv 2408.12528v7, §3.2 "Training Objectives"):
+
+        L_NTP = sum_i log p_theta(v_i | v_1, ..., v_{i-1}, u_1, ..., u_M)
+
+    v_1..v_N are the text tokens, u_1..u_M the image tokens before them (all of them
+    visible). The paper writes the log-likelihood to be maximised; the code minimises its
+    negative, averaged over the counted tokens (cross-entropy). Position i predicts label
+    i+1; IGNORE is skipped.
 
     logits (B, L, V), labels (B, L) with IGNORE where no loss is wanted.
     """
@@ -364,7 +371,13 @@ def ntp_loss(logits, labels):
 
 
 def mtp_loss(logits, labels):
-    """Mask-token prediction (Eq. 2): each [MASK] position predicts its own original token.
+    """Mask-token prediction, Show-o Eq. 2 (arXiv 2408.12528v7, §3.2 "Training Objectives"):
+
+        L_MTP = sum_j log p_theta(u_j | u_1, ..., u_*, ..., u_M, v_1, ..., v_N)
+
+    u_* is the [MASK] token that replaced some image tokens; j runs over the masked
+    positions only, each predicting its own original token from the unmasked image tokens
+    and the caption v_1..v_N. As for NTP, the code minimises the negative mean.
 
     No shift: the labels hold the original image token at masked positions, IGNORE elsewhere.
     """

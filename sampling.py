@@ -46,14 +46,15 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from attention import lm_attention_mask, t2i_attention_mask
-from checkpoint import CheckpointError, load_checkpoint
+from attention import lm_attention_mask, mmu_sequences, t2i_attention_mask, t2i_sequences
+from checkpoint import (RELEASED_SAMPLING, UsageError, check_writable_file, check_writable_folder, load_checkpoint,
+                        pick_device)
 from model import decode_text, pick_token
-from data import image_to_tensor, resize_and_crop, tensor_to_image
-from tokenizer import mmu_sequences, t2i_sequences
+from data import image_to_tensor, read_picture, resize_and_crop, tensor_to_image
 
-DEFAULT_STEPS = 18          # the reference demo config's generation_timesteps
-DEFAULT_GUIDANCE = 1.75     # ... and its guidance_scale
+# Used when a checkpoint stores no settings of its own: the authors' 256 px text-to-image
+# settings (18 MaskGIT steps, guidance w = 1.75; checkpoint.RELEASED_SAMPLING has them all).
+DEFAULT_SETTINGS = {**RELEASED_SAMPLING[256]["t2i"], "temperature": 1.0, "top_k": None}
 
 
 # ----------------------------------------------------------------------------------------
@@ -61,16 +62,30 @@ DEFAULT_GUIDANCE = 1.75     # ... and its guidance_scale
 # ----------------------------------------------------------------------------------------
 
 def mask_schedule(r):
-    """Fraction of image tokens still masked after a fraction r of the steps: cos(r*pi/2).
+    """Fraction of image tokens still masked after a fraction r of the steps: gamma(r) = cos(r*pi/2).
 
-    Starts at 1 (everything masked) and falls slowly at first, fast at the end: early
-    steps commit only the few tokens the model is surest of.
+    Show-o Appendix D "Inference Details" (arXiv 2408.12528v7), Eq. 13: after step t of T,
+
+        ceil(gamma(t / T) * M)
+
+    of the M image tokens stay masked. gamma starts at 1 (everything masked) and falls
+    slowly at first, fast at the end: early steps commit only the few tokens the model is
+    surest of. Training draws its mask ratios from the same curve (train.MixedBatches.t2i:
+    gamma(t) with t ~ U(0, 1)), so every step of decoding looks like something trained on.
+    How the count is rounded here: see maskgit_step.
     """
     return torch.cos(torch.as_tensor(r, dtype=torch.float32) * math.pi / 2)
 
 
 def guide(cond_logits, uncond_logits, w):
-    """Classifier-free guidance on logits: (1 + w) * cond - w * uncond."""
+    """Classifier-free guidance on logits, Show-o Appendix D (arXiv 2408.12528v7), Eq. 12:
+
+        l_t = (1 + w) * l_t^c - w * l_t^u
+
+    l_t^c: logits given the caption, l_t^u: logits given the empty caption (the model
+    learned both, because training drops 10% of captions). w = 0 is plain conditional
+    sampling; larger w pushes the prediction away from what any picture would get.
+    """
     return (1 + w) * cond_logits - w * uncond_logits
 
 
@@ -84,6 +99,15 @@ def remasking_noise(temperature, step, steps):
     for i in range(step + 1):
         temperature *= 1 - (i + 1) / steps
     return temperature
+
+
+def with_unconditional(captions_ids, guidance):
+    """The batch guidance needs: the B captions, then (when w != 0) B empty captions.
+
+    An empty caption is the unconditional prompt <|t2i|> BOS EOS, which training taught by
+    dropping captions; cond rows come first, so `logits.chunk(2)` splits them again.
+    """
+    return list(captions_ids) + ([[]] * len(captions_ids) if guidance else [])
 
 
 def gumbel_noise(shape, generator, device):
@@ -109,8 +133,11 @@ def maskgit_step(tokens, logits, step, steps, cfg, temperature=1.0, generator=No
     # Tokens we were given are never masked again: infinite confidence.
     confidence = torch.where(unknown, chosen_prob.log(), torch.full_like(chosen_prob, math.inf))
     r = (step + 1) / steps
-    # How many stay masked: the schedule, but at least 1 and fewer than are unknown now,
-    # so every step commits at least one token and the last guess is still returned.
+    # How many stay masked. The paper's Eq. 13 rounds up, ceil(gamma(r) * N); the released
+    # t2i_generate rounds down, floor(gamma(r) * N), and so does this code (its parity test
+    # pins the released numbers). Then two clamps: at least 1 stays masked (the last step,
+    # where gamma = 0, still returns its full guess through `codes`), and fewer than are
+    # unknown now, so every step commits at least one token.
     n_mask = torch.floor(n * mask_schedule(r)).long()
     n_mask = torch.clamp(torch.minimum(unknown.sum(1, keepdim=True) - 1, n_mask), min=1)  # (B, 1)
     # Random re-masking ("choice temperature"): Gumbel noise that fades as decoding ends.
@@ -130,7 +157,7 @@ class FullRecomputeT2I:
 
     def __init__(self, model, captions_ids, guidance):
         self.model, self.cfg, self.guidance = model, model.cfg, guidance
-        prompts = list(captions_ids) + ([[]] * len(captions_ids) if guidance else [])
+        prompts = with_unconditional(captions_ids, guidance)
         blank = torch.full((len(prompts), self.cfg.num_vq_tokens), self.cfg.mask_token_id)
         self.ids = t2i_sequences(prompts, blank.to(self.device), self.cfg)
         self.allowed = t2i_attention_mask(self.ids, self.cfg.pad_id, self.cfg.soi_id, self.cfg.eoi_id)
@@ -211,8 +238,8 @@ def check_image_codes(codes, cfg):
 
 
 @torch.no_grad()
-def generate_image_codes(model, captions_ids, steps=DEFAULT_STEPS, guidance=DEFAULT_GUIDANCE,
-                         temperature=1.0, generator=None, known_codes=None, progress=False,
+def generate_image_codes(model, captions_ids, steps=DEFAULT_SETTINGS["steps"],
+                         guidance=DEFAULT_SETTINGS["guidance"], temperature=1.0, generator=None, known_codes=None, progress=False,
                          naive=False, on_step=None):
     """Text-to-image (and inpainting when known_codes is given) -> (B, N) image codes.
 
@@ -241,10 +268,6 @@ def generate_image_codes(model, captions_ids, steps=DEFAULT_STEPS, guidance=DEFA
     return codes
 
 
-class UsageError(Exception):
-    """Bad input; the message says what to do."""
-
-
 # ----------------------------------------------------------------------------------------
 # 1b. The autoregressive baseline: one image token at a time (Chameleon / LlamaGen style)
 # ----------------------------------------------------------------------------------------
@@ -255,7 +278,7 @@ class UsageError(Exception):
 # (caption, prompt layout, guidance, the image tokenizer) is the same.
 
 @torch.no_grad()
-def generate_image_codes_ar(model, captions_ids, guidance=DEFAULT_GUIDANCE, temperature=1.0, top_k=None,
+def generate_image_codes_ar(model, captions_ids, guidance=DEFAULT_SETTINGS["guidance"], temperature=1.0, top_k=None,
                             generator=None, progress=False, naive=False, on_step=None):
     """Text-to-image, raster order: N forward passes for N image tokens -> (B, N) codes.
 
@@ -267,7 +290,7 @@ def generate_image_codes_ar(model, captions_ids, guidance=DEFAULT_GUIDANCE, temp
     """
     cfg = model.cfg
     device = next(model.parameters()).device
-    prompts = list(captions_ids) + ([[]] * len(captions_ids) if guidance else [])
+    prompts = with_unconditional(captions_ids, guidance)
     blank = torch.zeros(len(prompts), 0, dtype=torch.long, device=device)
     ids = t2i_sequences(prompts, blank, cfg)[:, :-1]                    # text slots + <|soi|>
     causal = lambda ids: lm_attention_mask(ids, cfg.pad_id)             # noqa: E731
@@ -425,12 +448,15 @@ def answer_questions(model, image_codes, questions_ids, max_new_tokens=32, tempe
 # ----------------------------------------------------------------------------------------
 
 def read_image(path, resolution):
-    """An image file -> (resolution, resolution, 3) uint8, shorter side resized, centre-cropped."""
+    """An image file -> (resolution, resolution, 3) uint8, shorter side resized, centre-cropped.
+
+    data.read_picture reads every mode to 8-bit RGB correctly (16-bit, float, transparent);
+    a file it cannot read is one clear error."""
     try:
-        image = Image.open(path).convert("RGB")
-    except (OSError, ValueError) as error:
-        raise UsageError(f"cannot read image {path} ({error.__class__.__name__}): give a PNG or JPEG file")
-    return resize_and_crop(image, resolution)
+        picture = read_picture(path)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return resize_and_crop(Image.fromarray(picture), resolution)
 
 
 def film_strip(frames, masked, grid, scale=4):
@@ -467,17 +493,13 @@ def image_grid(images, columns=None, scale=4):
 # 5. The command line: one plain function per task
 # ----------------------------------------------------------------------------------------
 
-TASKS = ("t2i", "inpainting", "extrapolation")
-
-
 def recommended_settings(extra, task):
     """{"steps", "guidance", "temperature", "top_k"} a checkpoint recommends for a picture task.
 
     train.py stores the settings its scores were measured with; checkpoint.py convert
     stores the authors' published ones, which differ by task and resolution.
     """
-    defaults = {"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, "temperature": 1.0, "top_k": None}
-    return {**defaults, **extra.get("sampling", {}).get(task, {})}
+    return {**DEFAULT_SETTINGS, **extra.get("sampling", {}).get(task, {})}
 
 
 def encode_prompt(text_tokenizer, cfg, text):
@@ -496,15 +518,6 @@ def phrase_question(text_tokenizer, cfg, template, question):
     inference_mmu.py asks that way); train.py's tiny models on the bare question.
     """
     return encode_prompt(text_tokenizer, cfg, template.format(question=question))
-
-
-def pick_device(name):
-    """'auto' -> cuda when present; 'cuda' without CUDA is an error, not a silent fallback."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but no CUDA GPU is visible: use --device cpu")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 class Session:
@@ -558,7 +571,12 @@ def inpaint(session, image_path, mask_path, prompt):
     """Repaint the white part of the mask, keeping the rest of the picture's tokens."""
     codes = session.encode_image(image_path)
     mask = torch.as_tensor(read_image(mask_path, session.vq.cfg.resolution)[..., 0] > 127)
-    codes[:, mask_to_grid(mask, session.vq.cfg.grid_size).to(session.device)] = -1
+    repaint = mask_to_grid(mask, session.vq.cfg.grid_size).to(session.device)
+    if not repaint.any():
+        grid = session.vq.cfg.grid_size
+        raise UsageError(f"--mask {mask_path} selects nothing to repaint: paint white at least half of one "
+                         f"of the {grid}x{grid} cells the picture is tokenized into")
+    codes[:, repaint] = -1
     return session.paint("inpainting", [prompt], codes)[0]
 
 
@@ -580,78 +598,143 @@ def ask(session, image_path, question):
     return session.text_tokenizer.decode(answer).strip()
 
 
-def check_output(path, suffixes=(".png", ".jpg", ".jpeg", ".webp", ".bmp")):
-    """Refuse an output path that cannot be written, before any work is done."""
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+# The allowed range of every number on the command line: (lowest, highest), both included;
+# floats must also be finite. Checked before anything is loaded (check_arguments), and again
+# against the model once it is (check_against_model: steps, top-k).
+LIMITS = {
+    "steps": (1, 1000, "MaskGIT steps"),
+    "guidance": (0.0, 100.0, "guidance scale w (0: no guidance; negative w pushes towards the wrong picture)"),
+    "temperature": (0.0, 100.0, "temperature (0: no noise / greedy)"),
+    "top_k": (1, 2 ** 20, "top-k"),
+    "max_new_tokens": (1, 4096, "answer tokens"),
+    "seed": (0, 2 ** 63 - 1, "seed (a 63-bit number)"),
+}
+
+
+def check_output(path, what):
+    """Refuse, before any work, an output picture that cannot be written: wrong suffix, a
+    folder, a missing or read-only folder."""
     path = Path(path)
-    if path.suffix.lower() not in suffixes:
-        raise UsageError(f"{path}: give a file name ending in {' or '.join(suffixes)}")
-    if not path.parent.is_dir():
-        raise UsageError(f"{path}: folder {path.parent} does not exist; create it first")
+    check_writable_file(path, what)
+    if path.suffix.lower() not in PICTURE_SUFFIXES:
+        raise UsageError(f"{what} {path}: give a file name ending in {' or '.join(PICTURE_SUFFIXES)}")
     return path
 
 
 def check_arguments(args):
     """Every option checked, each with a one-line message, before the checkpoint is loaded."""
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps {args.steps}: give at least 1 MaskGIT step")
-    if args.temperature is not None and args.temperature < 0:
-        raise UsageError(f"--temperature {args.temperature}: must not be negative")
-    if args.max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens {args.max_new_tokens}: give at least 1")
-    if args.question and not args.image:
+    for name, (low, high, meaning) in LIMITS.items():
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and low <= value <= high):
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} {value}: the {meaning} must be a number in [{low:g}, {high:g}]")
+    if args.question is not None and not args.question.strip():
+        raise UsageError("--question is empty: ask something, e.g. --question \"what color is the circle?\"")
+    if any(not prompt.strip() for prompt in args.prompt or []):
+        raise UsageError("--prompt is empty: give a caption (to draw without one, that is the unconditional "
+                         "prompt, which guidance uses; it is not a task of its own)")
+    if args.question is not None and not args.image:
         raise UsageError("--question needs --image")
+    if args.question is not None and (args.prompt or args.prompts_file or args.mask or args.extend or args.film):
+        raise UsageError("--question answers about --image: drop --prompt / --mask / --extend / --film")
     if (args.mask or args.extend) and not args.image:
         raise UsageError("--mask and --extend need --image")
-    if args.image and not (args.mask or args.extend or args.question):
+    if args.image and not (args.mask or args.extend or args.question is not None):
         raise UsageError("--image needs --mask (inpainting), --extend (extrapolation) or --question")
     if args.mask and args.extend:
         raise UsageError("give --mask or --extend, not both")
-    if args.out_dir and Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
-        raise UsageError(f"--out-dir {args.out_dir} is a file: give a folder")
+    if args.film and (args.image or args.out_dir):
+        raise UsageError("--film draws one text-to-image film strip: drop --image / --mask / --extend / --out-dir")
     for path in (args.image, args.mask, args.prompts_file):
         if path and not Path(path).is_file():
-            raise UsageError(f"{path} not found")
+            raise UsageError(f"{path} not found" + (" (it is a folder)" if Path(path).is_dir() else ""))
+    if args.out_dir:
+        if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+            raise UsageError(f"--out-dir {args.out_dir} is a file: give a folder")
+        check_writable_folder(args.out_dir, "--out-dir", create=True)
+    for flag, path in (("--out", args.out), ("--film", args.film)):
+        if path:
+            check_output(path, flag)
+
+
+def check_against_model(session):
+    """The values that depend on the loaded model: refuse what the model cannot do."""
+    args, cfg = session.args, session.model.cfg
+    if args.steps is not None and session.objective == "mtp" and args.steps > cfg.num_vq_tokens:
+        raise UsageError(f"--steps {args.steps}: a picture has {cfg.num_vq_tokens} image tokens and every "
+                         f"step commits at least one: give at most {cfg.num_vq_tokens}")
+    if args.top_k is not None:
+        choices = cfg.llm_vocab_size if args.question is not None else cfg.codebook_size
+        if args.top_k > choices:
+            kind = "text ids" if args.question is not None else "image codes"
+            raise UsageError(f"--top-k {args.top_k}: this model chooses among {choices} {kind}: give at most that")
 
 
 def prompts_of(args):
     prompts = list(args.prompt or [])
     if args.prompts_file:
-        prompts += [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
+        try:
+            lines = Path(args.prompts_file).read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise UsageError(f"--prompts-file {args.prompts_file} is not a UTF-8 text file: one caption a line")
+        prompts += [line.strip() for line in lines if line.strip()]
     if not prompts:
         raise UsageError("nothing to do: give --prompt TEXT, --prompts-file FILE, or --image with --question")
     return prompts
 
 
+def save_picture(picture, path):
+    """Write one uint8 (H, W, 3) picture or a PIL image; a failing write is one line."""
+    image = picture if isinstance(picture, Image.Image) else Image.fromarray(picture)
+    try:
+        image.save(path)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"could not write {path} ({error}): choose another file or folder")
+
+
 def run(args):
     """Check everything, load the checkpoint, then do the one task the options ask for."""
     check_arguments(args)
-    if args.question:
-        print(ask(Session(args), args.image, args.question) or "(no answer: the model ended it at once)")
+    if args.question is not None:
+        session = Session(args)
+        check_against_model(session)
+        print(ask(session, args.image, args.question) or "(no answer: the model ended it at once)")
         return
     prompts = prompts_of(args)
+    session = Session(args)
+    check_against_model(session)
     if args.film:
-        out = check_output(args.film)
-        film(Session(args), prompts[0]).save(out)
-        print(f"wrote {out}: the picture after each decoding step, tokens not yet drawn grey")
+        save_picture(film(session, prompts[0]), args.film)
+        print(f"wrote {args.film}: the picture after each decoding step, tokens not yet drawn grey")
     elif args.image:
-        out = check_output(args.out or "edited.png")
-        session = Session(args)
+        out = args.out or "edited.png"
+        check_output(out, "--out")
         picture = (inpaint(session, args.image, args.mask, prompts[0]) if args.mask
                    else extend(session, args.image, args.extend, prompts[0]))
-        Image.fromarray(picture).save(out)
+        save_picture(picture, out)
         print(f"wrote {out}")
     elif len(prompts) == 1 and not args.out_dir:
-        out = check_output(args.out or "sample.png")
-        Image.fromarray(draw(Session(args), prompts)[0]).save(out)
+        out = args.out or "sample.png"
+        check_output(out, "--out")
+        save_picture(draw(session, prompts)[0], out)
         print(f"wrote {out}")
+    elif not args.out_dir:
+        # Several prompts and --out: the grid goes to the file named (no loose pictures).
+        out = args.out or "grid.png"
+        check_output(out, "--out")
+        save_picture(image_grid(draw(session, prompts)), out)
+        print(f"wrote {out}: a grid of {len(prompts)} pictures, in the order of the prompts")
     else:
-        out_dir = Path(args.out_dir or "samples")
+        out_dir = Path(args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        pictures = draw(Session(args), prompts)
+        pictures = draw(session, prompts)
         for i, picture in enumerate(pictures):
-            Image.fromarray(picture).save(out_dir / f"{i:03d}.png")
-        image_grid(pictures).save(out_dir / "grid.png")
-        print(f"wrote {len(pictures)} images and grid.png to {out_dir}")
+            save_picture(picture, out_dir / f"{i:03d}.png")
+        grid = Path(args.out) if args.out else out_dir / "grid.png"
+        save_picture(image_grid(pictures), grid)
+        print(f"wrote {len(pictures)} images to {out_dir} and their grid to {grid}")
 
 
 def main(argv=None):
@@ -659,7 +742,7 @@ def main(argv=None):
     p.add_argument("--ckpt", required=True, help="single-file checkpoint (train.py or checkpoint.py convert)")
     p.add_argument("--prompt", action="append", help="caption to draw (repeatable)")
     p.add_argument("--prompts-file", help="file with one caption per line")
-    p.add_argument("--out", help="output PNG for a single image")
+    p.add_argument("--out", help="output picture (with several prompts: their grid)")
     p.add_argument("--out-dir", help="output folder for several images (000.png ... and grid.png)")
     p.add_argument("--image", help="input image for inpainting, extrapolation or a question")
     p.add_argument("--mask", help="inpainting mask image: white = repaint")
@@ -667,9 +750,9 @@ def main(argv=None):
     p.add_argument("--question", help="ask about --image (prints the answer)")
     p.add_argument("--film", help="write a film strip PNG of MaskGIT decoding the (first) prompt, step by step")
     p.add_argument("--steps", type=int, help=f"MaskGIT steps (default: the checkpoint's for the task, "
-                                             f"else {DEFAULT_STEPS})")
+                                             f"else {DEFAULT_SETTINGS['steps']})")
     p.add_argument("--guidance", type=float, help=f"guidance scale w (default: the checkpoint's for the task, "
-                                                  f"else {DEFAULT_GUIDANCE})")
+                                                  f"else {DEFAULT_SETTINGS['guidance']})")
     p.add_argument("--temperature", type=float,
                    help="pictures: noise on the re-masking choice (default: the checkpoint's, else 1); "
                         "answers: sampling temperature with --sample or --top-k (default 1)")
@@ -684,8 +767,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         run(args)
-    except (UsageError, CheckpointError, ValueError, FileNotFoundError) as error:
+    except (UsageError, ValueError) as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: nothing was written")
 
 
 if __name__ == "__main__":

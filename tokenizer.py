@@ -7,13 +7,14 @@ Show-o (arXiv 2408.12528v7, §3.1 "Tokenization") feeds a single transformer wit
 * Images go through MAGVIT-v2, whose lookup-free quantization (LFQ) turns every patch of
   a 256x256 picture into one of 8192 codes.
 
-This file holds both: the text tokenizer comes first, the image tokenizer second, and
-last the "unified prompting" that lays text and image ids out in one sequence.
+This file holds both: the text tokenizer first (Part 1), the image tokenizer second
+(Part 2). How the two kinds of ids are laid out in one sequence ("unified prompting")
+is in attention.py, beside the masks that go with each layout. To watch both tokenizers
+at work: `python evaluate.py bpe "a red circle"` and `python evaluate.py lfq --ckpt out/tiny.pt`.
 
 Read first: README.md. Read next: attention.py.
 """
 
-import argparse
 import json
 import math
 import re
@@ -22,14 +23,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
-
-from data import image_to_tensor, make_examples, tensor_to_image, text_corpus
 
 # =====================================================================================
 # Part 1: the text tokenizer (byte-level BPE)
@@ -392,13 +389,38 @@ class TextTokenizer:
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory / name} is missing: {hint}")
 
-        vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
-        merges = read_merges(directory / "merges.txt")
+        # Each file is checked as read: a damaged download must fail here, naming the file,
+        # not build a tokenizer that quietly encodes text into the wrong ids.
+        again = "the file is damaged; download it again"
+        vocab = read_json(directory / "vocab.json")
+        if not vocab or not all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()):
+            raise ValueError(f"{directory / 'vocab.json'} does not map tokens to ids: {again}")
+        try:
+            merges = read_merges(directory / "merges.txt")
+        except UnicodeDecodeError:
+            raise ValueError(f"{directory / 'merges.txt'} is not UTF-8 text: {again}") from None
+        bad = next((pair for pair in merges if len(pair) != 2), None)
+        if bad is not None:
+            raise ValueError(f"{directory / 'merges.txt'} has the line {' '.join(bad)!r}, not a "
+                             f"\"left right\" pair: {again}")
         added = read_json(directory / "added_tokens.json")
+        if not all(isinstance(i, int) for i in added.values()):
+            raise ValueError(f"{directory / 'added_tokens.json'} does not map tokens to ids: {again}")
         config = read_json(directory / "tokenizer_config.json")
-        for token_id, entry in config.get("added_tokens_decoder", {}).items():
-            added[entry["content"]] = int(token_id)
-        for name in special_token_names(read_json(directory / "special_tokens_map.json")):
+        try:
+            for token_id, entry in config.get("added_tokens_decoder", {}).items():
+                added[entry["content"]] = int(token_id)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise ValueError(f"{directory / 'tokenizer_config.json'}: its added_tokens_decoder is not "
+                             f"{{id: {{\"content\": token}}}}: {again}") from None
+        special_map = directory / "special_tokens_map.json"
+        try:
+            special = special_token_names(read_json(special_map))
+        except (KeyError, TypeError):
+            special = [None]
+        if not all(isinstance(name, str) for name in special):
+            raise ValueError(f"{special_map} names its tokens neither as text nor as {{\"content\": text}}: {again}")
+        for name in special:
             if name not in added:
                 # A special token with no id anywhere gets the next free one, as in Hugging Face.
                 added[name] = vocab.get(name, max([*vocab.values(), *added.values()]) + 1)
@@ -482,8 +504,24 @@ def read_merges(path: Path) -> list[tuple[str, str]]:
 
 
 def read_json(path: Path) -> dict:
-    """The JSON object in `path`, or {} if the file does not exist (these files are optional)."""
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    """The JSON object in `path`, or {} if the file does not exist (these files are optional).
+
+    A file that exists but is not a JSON object (cut short by a failed download, or some
+    other file under that name) is a ValueError naming it, in one line: reading on with
+    {} would silently build the wrong tokenizer or model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:                   # bad JSON or bad UTF-8, both ValueErrors
+        raise ValueError(f"{path} is not valid JSON ({error}): the file is damaged or cut short; "
+                         f"download it again") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object: the file is damaged "
+                         f"or not the one expected; download it again")
+    return data
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -823,138 +861,3 @@ class ImageTokenizer(nn.Module):
             raise ValueError(f"expected (B, h*w) codes of a square grid in [0, {self.cfg.codebook_size}), "
                              f"got shape {tuple(codes.shape)}")
         return self.decoder(self.quantize.codes_to_vectors(codes, grid))
-
-
-# ========================================================================================
-# Part 3: unified prompting (Show-o §3.2, "Unified Prompting", Fig. 4; docs/sequences.md)
-# ========================================================================================
-#
-# Text ids and image ids live in one vocabulary (model.ShowoConfig). These functions lay
-# them out as the sequences Show-o was trained on; `cfg` is a model.ShowoConfig.
-# Image CODES (0 ... codebook-1) become image TOKENS by adding cfg.image_offset.
-
-
-def text_slots(text_ids, cfg, task_id):
-    """<task> BOS text EOS, left-padded with [PAD] to max_text_len + 1 slots.
-
-    Too long: cut, and end with EOS so the caption still looks finished.
-    """
-    slots = cfg.max_text_len + 1
-    ids = [task_id, cfg.bos_token_id, *text_ids, cfg.eos_token_id]
-    if len(ids) > slots:
-        ids = ids[:slots - 1] + [cfg.eos_token_id]
-    return [cfg.pad_id] * (slots - len(ids)) + ids
-
-
-def t2i_sequences(captions_ids, image_tokens, cfg):
-    """Text-to-image sequences, (B, max_text_len + 1 + N + 2):
-
-        [PAD]*k <|t2i|> BOS caption EOS <|soi|> img_1 ... img_N <|eoi|>
-
-    captions_ids: list of B id lists (an empty list gives the unconditional prompt used
-    for classifier-free guidance). image_tokens: (B, N) ids already offset (or [MASK]).
-    """
-    text = torch.tensor([text_slots(ids, cfg, cfg.t2i_id) for ids in captions_ids],
-                        device=image_tokens.device)
-    b = image_tokens.shape[0]
-    soi = torch.full((b, 1), cfg.soi_id, device=image_tokens.device)
-    eoi = torch.full((b, 1), cfg.eoi_id, device=image_tokens.device)
-    return torch.cat([text, soi, image_tokens, eoi], dim=1)
-
-
-def mmu_sequences(image_tokens, texts_ids, cfg, pad_to=None):
-    """Understanding sequences, right-padded with [PAD] to the longest (or `pad_to`):
-
-        <|mmu|> <|soi|> img_1 ... img_N <|eoi|> BOS text...
-
-    texts_ids: list of B id lists (question + answer + EOS when training; just the
-    question when asking). Returns (ids (B, L), number of real tokens per row).
-    """
-    rows = [[cfg.mmu_id, cfg.soi_id, *img, cfg.eoi_id, cfg.bos_token_id, *text]
-            for img, text in zip(image_tokens.tolist(), texts_ids)]
-    lengths = [len(r) for r in rows]
-    width = pad_to or max(lengths)
-    ids = torch.tensor([r + [cfg.pad_id] * (width - len(r)) for r in rows], device=image_tokens.device)
-    return ids, lengths
-
-
-def lm_sequences(texts_ids, cfg, length):
-    """Language-modelling sequences BOS text EOS, cut to `length`, right-padded with [PAD]."""
-    rows = [[cfg.bos_token_id, *ids, cfg.eos_token_id][:length] for ids in texts_ids]
-    return torch.tensor([r + [cfg.pad_id] * (length - len(r)) for r in rows])
-
-
-# ========================================================================================
-# Seeing both tokenizers at work: python tokenizer.py bpe ... / lfq ...
-# ========================================================================================
-
-def show_bpe(text, vocab_size=512):
-    """Learn a BPE on shapes-world texts, then show its first merges and how `text` splits."""
-    tokenizer = TextTokenizer.train(text_corpus(20000, seed=0), vocab_size)
-    print(f"learned {len(tokenizer.merges)} merges on 20,000 shapes-world texts; the first ten:")
-    for left, right in tokenizer.merges[:10]:
-        print(f"  {token_to_bytes(left)!r:>10} + {token_to_bytes(right)!r:<10} -> {token_to_bytes(left + right)!r}")
-    ids = tokenizer.encode(text)
-    pieces = [tokenizer.decode([i]) for i in ids]
-    print(f"\n{text!r}: {len(text.encode())} bytes -> {len(ids)} tokens")
-    print("  " + " | ".join(pieces))
-    print(f"  ids {ids}")
-
-
-def code_colours(codes):
-    """A fixed, arbitrary colour per code id, so equal codes look equal: uint8 (..., 3)."""
-    return ((codes[..., None] * torch.tensor([2654435761, 40503, 2246822519])) >> 7) % 200 + 40
-
-
-def lfq_picture(vq, images):
-    """Originals (top), their code grids (middle; one colour per code) and reconstructions.
-
-    images: uint8 (B, H, W, 3). Returns (a uint8 (3*H + 4, B*W + B - 1, 3) sheet, the codes).
-    """
-    with torch.no_grad():
-        codes = vq.encode(image_to_tensor(images))                          # (B, h*w)
-        rebuilt = tensor_to_image(vq.decode(codes))                         # (B, H, W, 3)
-    grid, side = vq.cfg.grid_size, images.shape[1]
-    cells = code_colours(codes).view(-1, grid, grid, 3).to(torch.uint8)
-    cells = cells.repeat_interleave(side // grid, 1).repeat_interleave(side // grid, 2).numpy()
-    rows = [torch.from_numpy(row) for row in (images, cells, rebuilt)]
-    sheet = torch.full((3 * side + 4, len(images) * (side + 1) - 1, 3), 255, dtype=torch.uint8)
-    for r, row in enumerate(rows):
-        for i, picture in enumerate(row):
-            sheet[r * (side + 2):r * (side + 2) + side, i * (side + 1):i * (side + 1) + side] = picture
-    return sheet.numpy(), codes
-
-
-def show_lfq(ckpt, out, count=8):
-    """Draw how the image tokenizer of a checkpoint (train.py's) sees shapes-world pictures."""
-    blob = torch.load(ckpt, map_location="cpu", weights_only=True)     # the format: docs/checkpoints.md
-    vq = ImageTokenizer(ImageTokenizerConfig.from_dict(blob["vq_config"]))
-    vq.load_state_dict({k: v.float() for k, v in blob["vq"].items()})
-    images = np.stack([e.image for e in make_examples(count, seed=1234)])
-    sheet, codes = lfq_picture(vq.eval(), images)
-    sheet = Image.fromarray(sheet)
-    sheet.resize((sheet.width * 4, sheet.height * 4), Image.NEAREST).save(out)
-    print(f"wrote {out}: {count} pictures, their {vq.cfg.grid_size}x{vq.cfg.grid_size} codes "
-          f"({len(codes.unique())} different ones of {vq.cfg.codebook_size}) and the reconstructions")
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="See the two tokenizers at work.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    bpe = sub.add_parser("bpe", help="learn a small BPE and split a text with it")
-    bpe.add_argument("text", nargs="?", default="a purple triangle at the bottom left")
-    lfq = sub.add_parser("lfq", help="draw pictures, their LFQ codes and their reconstructions")
-    lfq.add_argument("--ckpt", required=True, help="a checkpoint from train.py (e.g. out/tiny.pt)")
-    lfq.add_argument("--png", default="lfq.png")
-    args = parser.parse_args(argv)
-    if args.command == "bpe":
-        show_bpe(args.text)
-    elif not Path(args.ckpt).is_file():
-        raise SystemExit(f"error: checkpoint {args.ckpt} not found: run `python train.py --tiny` first "
-                         f"(or `python train.py --preset micro` for a quick, rough one)")
-    else:
-        show_lfq(args.ckpt, args.png)
-
-
-if __name__ == "__main__":
-    main()

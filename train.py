@@ -4,22 +4,24 @@
 
 1. learn a byte-level BPE text tokenizer on the captions and questions (tokenizer.py);
 2. learn a small MAGVIT-v2 style LFQ image tokenizer on the pictures (tokenizer.py);
-3. train the transformer on MIXED batches (Show-o arXiv 2408.12528v7, §3.2 "Training Objectives"
-   and Appendix C "Training Pipeline"): every step holds
-   text-to-image sequences (mask-token prediction, MTP, with 10% of captions dropped so
-   classifier-free guidance works), understanding sequences (next-token prediction, NTP,
-   on the answers; a picture carries six questions) and plain text (NTP); the loss is
-   1.0 * MTP(t2i) + 0.1 * NTP(lm) + 1.0 * NTP(mmu)  (Eq. 3 of the paper);
-4. write one checkpoint (the same single-file format as `python checkpoint.py convert`), a
-   grid of samples, and held-out scores: does a generated picture match its prompt,
-   are answers and captions right.
+3. train the transformer on MIXED batches (Show-o arXiv 2408.12528v7, §3.2 "Training
+   Objectives", and Appendix C "Training Pipeline"): every step holds text-to-image rows
+   (mask-token prediction, MTP, with 10% of captions dropped so classifier-free guidance
+   works), understanding rows (next-token prediction, NTP, on the questions and answers
+   by default; `mmu_answer_only` keeps it to the answers; a picture carries six questions)
+   and plain text (NTP). The loss is a weighted sum of the three (`mixed_loss`);
+4. write one checkpoint (checkpoint.save_checkpoint: the same single-file format as
+   `python checkpoint.py convert`), a grid of samples, held-out scores and the training
+   curves (all measured by evaluate.py).
 
-Training FLOPs are counted (ComputeMeter), so a recipe's cost is a number that is the
-same on every machine. The data is the built-in shapes world (data.py) unless
+Training FLOPs are counted (evaluate.ComputeMeter), so a recipe's cost is a number that
+is the same on every machine. The data is the built-in shapes world (data.py) unless
 --data-dir points at a folder of your own captioned images. `torchrun
 --nproc_per_node=N train.py ...` trains with DistributedDataParallel.
 
-Read first: data.py. Read next: sampling.py.
+How the recipe's values were chosen, with the measurements: docs/experiments.md.
+
+Read first: data.py. Read next: evaluate.py.
 """
 
 import argparse
@@ -29,27 +31,25 @@ import random
 import sys
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
-from torch.utils.flop_counter import (FlopCounterMode, flop_registry, register_flop_formula,
-                                      sdpa_backward_flop_count, sdpa_flop_count)
 from tqdm import tqdm
 
 import data
-from attention import lm_attention_mask, shared_picture_attention_mask, t2i_attention_mask
-from checkpoint import CheckpointError, load_checkpoint, materialize, save_checkpoint
+from attention import (lm_attention_mask, lm_sequences, shared_picture_attention_mask, shared_picture_sequences,
+                       t2i_attention_mask, t2i_sequences)
+from checkpoint import (TASKS, UsageError, check_writable_folder, load_checkpoint, materialize, one_writer,
+                        pick_device, save_checkpoint)
+from evaluate import ComputeMeter, Scoring, curves_picture, evaluate, format_scores, report_image_tokenizer, sample_grid
 from model import IGNORE, SPECIAL_TOKENS, Showo, ShowoConfig
-from sampling import TASKS, UsageError, answer_questions, generate_pictures, image_grid, pick_device
-from tokenizer import ImageTokenizer, ImageTokenizerConfig, TextTokenizer, lm_sequences, t2i_sequences
+from tokenizer import ImageTokenizer, ImageTokenizerConfig, TextTokenizer
 
 
 # ----------------------------------------------------------------------------------------
@@ -58,112 +58,97 @@ from tokenizer import ImageTokenizer, ImageTokenizerConfig, TextTokenizer, lm_se
 
 @dataclass
 class TrainConfig:
-    """Every knob of a run. Presets below; `--set name=value` overrides any field."""
+    """Every knob of a run, one line each on why it has its value. Presets below;
+    `--set name=value` overrides any field. The measurements behind the choices (tables
+    of runs at equal FLOPs, over seeds) are in docs/experiments.md."""
     seed: int = 0
-    # data
-    train_scenes: int = 20000
-    # held-out scores: every one-object caption `eval_draws` times, `eval_prompts`
-    # two-object prompts, all 108 held-out pairings, and `eval_scenes` new pictures
-    eval_draws: int = 2
-    eval_prompts: int = 200
-    eval_scenes: int = 200
+    # data and held-out scores (evaluate.py)
+    train_scenes: int = 20000        # shapes-world pictures, each with a caption and questions
+    eval_draws: int = 2              # each of the 90 one-object captions drawn this many times
+    eval_prompts: int = 200          # two-object prompts drawn
+    eval_scenes: int = 200           # new pictures for VQA and captions
     # text tokenizer
-    bpe_vocab_size: int = 512
-    # Image tokenizer: 32x32 pictures -> 8x8 codes of vq_z_channels bits. Chosen on how
-    # often `data.describe` reads the objects back from reconstructions (one / two objects)
-    # at a fixed FLOP budget (README, "The tiny recipe"):
-    # - 10 bits, not Show-o's 13: the shapes world needs a few hundred codes; at 10 TFLOP
-    #   10 bits read back 98% / 96% against 97% / 94% for 13 bits, and the image head
-    #   (hidden x codebook) shrinks 8x. 8 bits were too few (79% / 62%).
-    # - many small batches: at 20 TFLOP, 64 x 700 read back 93% / 84%, 32 x 1400 100% / 98%;
-    #   16 x 1400 reaches 97% / 94% at half that cost (10 TFLOP).
-    # - the entropy bonus on whole codes, not bits (tokenizer.LFQ): 571 codes used instead of
-    #   49, PSNR 30.1 against 28.8 dB; the understanding scores gained most from it (captions
-    #   69% -> 88% with the same transformer).
-    # - no attention block in the middle: 4% fewer FLOPs; with the per-code entropy it
-    #   reads back 99% / 98% (an 8x8 grid is small enough for convolutions alone).
-    vq_z_channels: int = 10
-    vq_ch: int = 16
-    vq_ch_mult: tuple = (1, 2, 4)
-    vq_groups: int = 8
-    vq_steps: int = 1400
+    bpe_vocab_size: int = 512        # the shapes world's few words need ~100 merges; the rest go unused
+    # image tokenizer: 32x32 pictures -> 8x8 codes of vq_z_channels bits
+    vq_z_channels: int = 10          # 1,024 codes: enough for this world, and an 8x smaller image head than 13
+    vq_ch: int = 16                  # encoder / decoder width at full resolution
+    vq_ch_mult: tuple = (1, 2, 4)    # widths per level; two halvings: 32 px -> 8x8
+    vq_groups: int = 8               # GroupNorm groups (vq_ch must be a multiple)
+    vq_steps: int = 1400             # many small batches read objects back better per FLOP than few large
     vq_batch: int = 16
     vq_lr: float = 3e-3
-    vq_entropy_per_code: bool = True
-    vq_mid_attention: bool = False
-    # Transformer. Smaller batches and more steps learn more per FLOP here (40/24/8 x 432
-    # steps: t2i 79% / 50%; 20/4/1 x 1002: 78% / 62%, same 57 TFLOP); six question-answer
-    # pairs share one picture (the picture is paid for once), and plain text matters least.
+    vq_entropy_per_code: bool = True   # entropy bonus over whole codes, not bits: ~10x more codes used
+    vq_mid_attention: bool = False     # an 8x8 grid is small enough for convolutions alone
+    # transformer (Phi-1.5 layout, scaled down)
     hidden_size: int = 192
-    num_layers: int = 4
+    num_layers: int = 4              # at this budget, steps count for more than width and depth
     num_heads: int = 4
-    max_text_len: int = 20
+    max_text_len: int = 20           # text slots of a t2i row; the longest caption is 15 tokens + 3
     steps: int = 1600
-    batch_t2i: int = 20
+    batch_t2i: int = 20              # rows per step: small batches, many steps learn more per FLOP here
     batch_mmu: int = 4
-    batch_lm: int = 1
-    # How pictures are modelled: "mtp" (Show-o: masked tokens, bidirectional, MaskGIT
-    # decoding) or "ar" (the baseline Show-o argues against: raster order, causal, next-token)
-    image_objective: str = "mtp"
-    mmu_questions: int = 6          # question-answer pairs per picture in one understanding row
-    # NTP loss on the question and the answer, as the released code's captioning stages
-    # do (True: on the answer only). Predicting the questions ("what shape is the red
-    # object?") also trains the colour and shape words the captions use, which drawing
-    # needs. Over seeds 0-2 at 55 TFLOP: one object 69% -> 81%, two objects 44% -> 53%,
-    # VQA 89% -> 88%, captions 82% -> 79%, captions of held-out pairs 61% -> 42% (the
-    # cost; README, "How much one run tells").
-    mmu_answer_only: bool = False
-    # The reference fine-tunes a pretrained 1.3B model at 1e-4; a 2M model trained from
-    # nothing needs a larger step (QK-Norm keeps it stable).
-    lr: float = 2e-3
-    min_lr: float = 1e-4
+    batch_lm: int = 1                # plain text matters least for this world
+    image_objective: str = "mtp"     # "mtp": Show-o (masked tokens, MaskGIT); "ar": the raster-order baseline
+    mmu_questions: int = 6           # question-answer pairs sharing one picture (the picture runs once)
+    mmu_answer_only: bool = False    # False: NTP on questions too (draws better); True: on answers only
+    lr: float = 2e-3                 # a 2M model trained from nothing needs a larger step than 1e-4
+    min_lr: float = 1e-4             # where the cosine decay ends
     warmup: int = 50
-    weight_decay: float = 0.01
-    caption_dropout: float = 0.1
-    # The loss weights of the paper's Eq. 3: plain text matters least here.
-    loss_t2i: float = 1.0
+    weight_decay: float = 0.01       # the released configs' AdamW value
+    caption_dropout: float = 0.1     # the released configs' value: teaches p(image) for guidance
+    loss_t2i: float = 1.0            # the three weights of mixed_loss (the released configs' values)
     loss_lm: float = 0.1
     loss_mmu: float = 1.0
-    # Sampling used for the samples and the scores; stored in the checkpoint as
-    # sampling.py's defaults. Chosen on draws apart from the scored ones (other noise,
-    # other two-object prompts), averaged over seeds 0-2 of this recipe: 12 steps at w = 1.5
-    # drew one / two objects right 82% / 46%, w = 1 82% / 51%, 16 steps at w = 1 84% / 54%,
-    # 24 steps 83% / 55% (for half again the time). The released 256 px default is 18 steps.
+    # sampling for the samples and scores, stored in the checkpoint as sampling.py's defaults;
+    # chosen on draws apart from the scored ones, averaged over three seeds
     sample_steps: int = 16
     guidance: float = 1.0
     sample_temperature: float = 1.0
-    sample_top_k: int = 0           # ar only: sample among the k most likely codes (0: all)
-    # a checkpoint every save_every transformer steps (and on Ctrl-C); scores every
-    # eval_every steps for the learning curve (0: only at the end)
-    save_every: int = 100
-    eval_every: int = 0
+    sample_top_k: int = 0            # ar only: sample among the k most likely codes (0: all)
+    save_every: int = 100            # a checkpoint every this many transformer steps (and on Ctrl-C)
+    eval_every: int = 0              # scores every this many steps for the learning curve (0: at the end)
+
+    # The allowed range of every number: (lowest, highest), both included. Floats must
+    # also be finite. The upper ends are where a run stops making sense on any machine
+    # (a 2^17-code image head, a learning rate that diverges at once), not tuning advice.
+    RANGES = {
+        "seed": (0, 2 ** 63 - 1), "train_scenes": (1, 10 ** 7), "eval_draws": (1, 100),
+        "eval_prompts": (0, 10 ** 5), "eval_scenes": (0, 10 ** 5), "bpe_vocab_size": (257, 2 ** 16),
+        "vq_z_channels": (1, 16), "vq_ch": (1, 1024), "vq_groups": (1, 1024), "vq_steps": (1, 10 ** 7),
+        "vq_batch": (1, 10 ** 5), "vq_lr": (1e-9, 1.0), "hidden_size": (4, 16384), "num_layers": (1, 256),
+        "num_heads": (1, 256), "max_text_len": (4, 1024), "steps": (1, 10 ** 8), "batch_t2i": (1, 10 ** 5),
+        "batch_mmu": (0, 10 ** 5), "batch_lm": (0, 10 ** 5), "mmu_questions": (1, 100), "lr": (1e-9, 1.0),
+        "min_lr": (0.0, 1.0), "warmup": (0, 10 ** 8), "weight_decay": (0.0, 1.0),
+        "caption_dropout": (0.0, 0.99), "loss_t2i": (0.0, 1000.0), "loss_lm": (0.0, 1000.0),
+        "loss_mmu": (0.0, 1000.0), "sample_steps": (1, 1000), "guidance": (0.0, 100.0),
+        "sample_temperature": (0.0, 100.0), "sample_top_k": (0, 2 ** 16), "save_every": (1, 10 ** 8),
+        "eval_every": (0, 10 ** 8),
+    }
 
     def check(self):
-        """Raise ValueError (one line) for a value no run can use."""
-        positive = ["train_scenes", "bpe_vocab_size", "vq_z_channels", "vq_ch", "vq_groups", "vq_steps",
-                    "vq_batch", "hidden_size", "num_layers", "num_heads", "max_text_len", "steps",
-                    "batch_t2i", "mmu_questions", "sample_steps", "save_every", "eval_draws"]
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} = {getattr(self, name)}: must be at least 1")
-        for name in ["batch_mmu", "batch_lm", "eval_prompts", "eval_scenes", "warmup", "eval_every",
-                     "weight_decay", "guidance", "sample_temperature", "min_lr"]:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} = {getattr(self, name)}: must not be negative")
-        for name in ["lr", "vq_lr"]:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} = {getattr(self, name)}: must be positive")
+        """Raise ValueError (one line) for a value no run can use: out of range, not finite,
+        or inconsistent with another field."""
+        for name, (low, high) in self.RANGES.items():
+            value = getattr(self, name)
+            allowed = f"[{low:g}, {high:g}]" if isinstance(low, float) else f"[{low:,}, {high:,}]"
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{name} = {value}: must be a finite number in {allowed}")
+            if not low <= value <= high:
+                raise ValueError(f"{name} = {value}: must be in {allowed}")
         if self.image_objective not in ("mtp", "ar"):
             raise ValueError(f"image_objective = {self.image_objective!r}: choose mtp (Show-o) or ar")
-        if self.sample_top_k < 0:
-            raise ValueError(f"sample_top_k = {self.sample_top_k}: must not be negative (0: no limit)")
-        if not 0 <= self.caption_dropout < 1:
-            raise ValueError(f"caption_dropout = {self.caption_dropout}: must be in [0, 1)")
+        if not self.loss_t2i + self.loss_lm + self.loss_mmu > 0:
+            raise ValueError("loss_t2i, loss_lm and loss_mmu are all 0: nothing would be trained")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr = {self.min_lr} is above lr = {self.lr}: the schedule decays from lr to min_lr")
         if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 4:
             raise ValueError(f"hidden_size {self.hidden_size} / num_heads {self.num_heads}: the head size "
                              f"must be a whole multiple of 4 (rotary embedding)")
         if self.vq_ch % self.vq_groups:
             raise ValueError(f"vq_ch {self.vq_ch} must be a multiple of vq_groups {self.vq_groups}")
+        if not 1 <= len(self.vq_ch_mult) <= 6 or min(self.vq_ch_mult) < 1 or max(self.vq_ch_mult) > 64:
+            raise ValueError(f"vq_ch_mult {','.join(map(str, self.vq_ch_mult))}: give 1 to 6 width "
+                             f"multipliers, each from 1 to 64 (e.g. 1,2,4)")
         if data.IMAGE_SIZE % 2 ** (len(self.vq_ch_mult) - 1):
             raise ValueError(f"vq_ch_mult {self.vq_ch_mult}: {len(self.vq_ch_mult) - 1} halvings do not "
                              f"divide {data.IMAGE_SIZE} px")
@@ -181,7 +166,7 @@ PRESETS = {
     "small": TrainConfig(vq_steps=2800, hidden_size=256, num_layers=6, steps=3850, lr=1e-3, eval_every=1000,
                          mmu_answer_only=True, sample_steps=12, guidance=1.5),
     # seconds: for tests and for trying the code path
-    "micro": TrainConfig(train_scenes=400, eval_draws=1, eval_prompts=4, eval_scenes=4, bpe_vocab_size=300,
+    "micro": TrainConfig(train_scenes=400, eval_draws=1, eval_prompts=4, eval_scenes=4, bpe_vocab_size=512,
                          vq_z_channels=6, vq_ch=8, vq_steps=20, vq_batch=16, hidden_size=64,
                          num_layers=2, num_heads=2, steps=30, batch_t2i=8, batch_mmu=8, batch_lm=4,
                          warmup=5, sample_steps=4, save_every=10),
@@ -283,87 +268,6 @@ def step_rng(seed, rank, stage, step):
 
 
 # ----------------------------------------------------------------------------------------
-# Counting the compute
-# ----------------------------------------------------------------------------------------
-#
-# Budgets here are stated in floating-point operations (FLOPs), not seconds: a FLOP count
-# is the same on every machine, while the same run takes twice as long on a busy CPU.
-# PyTorch's FlopCounterMode watches every matmul, convolution and attention call as it
-# runs and adds up 2 FLOPs per multiply-add, forward and backward alike. (nanoGPT
-# estimates the same number from a formula, 6 * parameters per token plus attention, to
-# report its MFU; counting needs no formula and covers the convolutions too.)
-#
-# The counter knows the attention kernels PyTorch uses on GPUs but not the one it uses on
-# CPUs; the two registrations below give the CPU kernel the same formula.
-
-_CPU_ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-_CPU_ATTENTION_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-if _CPU_ATTENTION not in flop_registry:
-    @register_flop_formula(_CPU_ATTENTION)
-    def _cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs):
-        return sdpa_flop_count(query, key, value)
-
-    @register_flop_formula(_CPU_ATTENTION_BACKWARD)
-    def _cpu_attention_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs):
-        return sdpa_backward_flop_count(grad_out, query, key, value)
-
-
-COUNT_EVERY = 10   # FlopCounterMode counts one step in this many (see ComputeMeter)
-
-
-class ComputeMeter:
-    """FLOPs and wall seconds of each training stage.
-
-    `with meter.step(stage, index):` around one training step (forward, backward, update)
-    adds its wall time, and counts its FLOPs when index % COUNT_EVERY == 0. Counting every
-    step would be exact but slows a CPU step by about 15% (the counter sees every single
-    operation in Python); shapes change only a little from step to step (how many tokens
-    are masked, how long the answers are), so a stage's FLOPs are the mean of its counted
-    steps times its number of steps. The optimizer's update does no matmuls: it adds time,
-    no FLOPs.
-    """
-
-    def __init__(self, stages=None):
-        # stage -> {"steps", "counted_steps", "counted_flops", "seconds"}
-        self.stages = {stage: dict(record) for stage, record in (stages or {}).items()}
-
-    @contextmanager
-    def step(self, stage, index):
-        record = self.stages.setdefault(stage, {"steps": 0, "counted_steps": 0, "counted_flops": 0, "seconds": 0.0})
-        start = time.perf_counter()
-        if index % COUNT_EVERY == 0:
-            with FlopCounterMode(display=False) as counter:
-                yield
-            record["counted_flops"] += counter.get_total_flops()
-            record["counted_steps"] += 1
-        else:
-            yield
-        record["steps"] += 1
-        record["seconds"] += time.perf_counter() - start
-
-    def flops(self, stage):
-        record = self.stages[stage]
-        return record["counted_flops"] / max(1, record["counted_steps"]) * record["steps"]
-
-    @property
-    def total(self):
-        return sum(self.flops(stage) for stage in self.stages)
-
-    def report(self):
-        """The run's total, then one line per stage: TFLOP, seconds and the GFLOP/s achieved."""
-        lines = [f"training compute: {self.total / 1e12:.1f} TFLOP"]
-        for stage, record in self.stages.items():
-            per_step = self.flops(stage) / max(1, record["steps"]) / 1e9
-            lines.append(f"  {stage}: {record['steps']} steps x {per_step:.1f} GFLOP = {self.flops(stage) / 1e12:.2f} "
-                         f"TFLOP in {record['seconds']:.0f} s, {self.flops(stage) / record['seconds'] / 1e9:.0f} GFLOP/s")
-        return "\n".join(lines)
-
-    def to_dict(self):
-        return {"stages": self.stages, "flops": {stage: self.flops(stage) for stage in self.stages},
-                "total_flops": self.total}
-
-
-# ----------------------------------------------------------------------------------------
 # 1-2. The tokenizers
 # ----------------------------------------------------------------------------------------
 
@@ -395,13 +299,6 @@ def model_config(tc, text_tokenizer, vq):
                        intermediate_size=4 * tc.hidden_size, max_position_embeddings=512)
 
 
-def pictures_to_tensor(images, resolution):
-    """uint8 (B, H, W, 3) pictures -> float (B, 3, res, res) in [-1, 1], resized when needed."""
-    if images.shape[1] != resolution:
-        images = np.stack([data.resize_and_crop(Image.fromarray(image), resolution) for image in images])
-    return data.image_to_tensor(images)
-
-
 def train_image_tokenizer(tc, images, run, meter):
     """Fit the LFQ tokenizer to reconstruct `images`, uint8 (B, H, W, 3).
 
@@ -427,47 +324,6 @@ def train_image_tokenizer(tc, images, run, meter):
         if step % 10 == 0:
             bar.set_postfix(mse=f"{mse.item():.4f}", entropy=f"{entropy.item():+.3f}")
     return vq.eval()
-
-
-@torch.no_grad()
-def encode_all(vq, images, device, batch=256):
-    """Image codes (B, N) for uint8 pictures (B, H, W, 3), a chunk at a time.
-
-    Chunks keep memory small: 20,000 pictures as float32 at 256 px would be 16 GB.
-    """
-    res = vq.cfg.resolution
-    return torch.cat([vq.encode(pictures_to_tensor(images[i:i + batch], res).to(device)).cpu()
-                      for i in range(0, len(images), batch)])
-
-
-@torch.no_grad()
-def decode_all(vq, codes, batch=256):
-    """uint8 pictures (B, H, W, 3) for (B, N) codes, a chunk at a time."""
-    device = next(vq.parameters()).device
-    return np.concatenate([data.tensor_to_image(vq.decode(codes[i:i + batch].to(device)))
-                           for i in range(0, len(codes), batch)])
-
-
-def as_world_picture(picture):
-    """A decoded picture at the shapes world's 32 px, which data.describe reads."""
-    if picture.shape[0] == data.IMAGE_SIZE:
-        return picture
-    return np.array(Image.fromarray(picture).resize((data.IMAGE_SIZE,) * 2, Image.Resampling.BOX))
-
-
-@torch.no_grad()
-def report_image_tokenizer(vq, examples, device):
-    """Reconstruction quality and codebook usage, on pictures the tokenizer never saw."""
-    images = np.stack([e.image for e in examples])
-    codes = encode_all(vq, images, device)
-    rebuilt = decode_all(vq, codes)
-    mse = np.mean(((rebuilt.astype(np.float64) - images) / 127.5) ** 2)
-    readable = np.mean([data.matches(as_world_picture(image), e.caption) for image, e in zip(rebuilt, examples)])
-    counts = torch.bincount(codes.flatten(), minlength=vq.cfg.codebook_size).float()
-    p = counts[counts > 0] / counts.sum()
-    perplexity = math.exp(-(p * p.log()).sum().item())
-    return {"psnr": 10 * math.log10(4 / mse), "describe_ok": float(readable),   # peak-to-peak range 2
-            "codes_used": int((counts > 0).sum()), "codebook": vq.cfg.codebook_size, "perplexity": perplexity}
 
 
 # ----------------------------------------------------------------------------------------
@@ -540,32 +396,15 @@ class MixedBatches:
     def mmu(self, picks, rng):
         """Picture + questions + answers: <|mmu|> <|soi|> img <|eoi|> then BOS q a EOS, ...
 
-        With mmu_questions = 1 this is Show-o's understanding sequence. With more, one row
-        holds several question-answer segments about the same picture, each seeing only
-        the picture and itself, each with positions restarting after the picture
-        (attention.shared_picture_attention_mask): the same logits as separate rows, with
-        the 64-token picture run once instead of once per question.
-        Labels: the answer and EOS (and the question unless mmu_answer_only).
+        Up to mmu_questions question-answer pairs of each picture share its row
+        (attention.shared_picture_sequences). Labels: each answer and its EOS, and the
+        question too unless mmu_answer_only (BOS is given, never predicted).
         """
         cfg, tc = self.cfg, self.tc
-        rows = []
-        for i in picks:
-            prefix = [cfg.mmu_id, cfg.soi_id, *(self.codes[i] + cfg.image_offset).tolist(), cfg.eoi_id]
-            ids, segments, labels = list(prefix), [0] * len(prefix), [IGNORE] * len(prefix)
-            positions = list(range(len(prefix)))
-            asked = rng.sample(self.qa[i], min(tc.mmu_questions, len(self.qa[i])))
-            for segment, (question, answer) in enumerate(asked, start=1):
-                text = [cfg.bos_token_id, *question, *answer, cfg.eos_token_id]
-                ids += text
-                segments += [segment] * len(text)
-                positions += range(len(prefix), len(prefix) + len(text))
-                question_labels = [IGNORE] * len(question) if tc.mmu_answer_only else question
-                labels += [IGNORE, *question_labels, *answer, cfg.eos_token_id]   # BOS is given
-            rows.append((ids, segments, positions, labels))
-        width = max(len(r[0]) for r in rows)
-        pad = lambda values, fill: torch.tensor([v + [fill] * (width - len(v)) for v in values])  # noqa: E731
-        ids, segments = pad([r[0] for r in rows], cfg.pad_id), pad([r[1] for r in rows], -1)
-        positions, labels = pad([r[2] for r in rows], 0), pad([r[3] for r in rows], IGNORE)
+        images = [self.codes[i] + cfg.image_offset for i in picks]
+        asked = [rng.sample(self.qa[i], min(tc.mmu_questions, len(self.qa[i]))) for i in picks]
+        labelled = [[([IGNORE] * len(q) if tc.mmu_answer_only else q) + a for q, a in pairs] for pairs in asked]
+        ids, labels, positions, segments = shared_picture_sequences(images, asked, labelled, cfg, IGNORE)
         return Part(ids, labels, shared_picture_attention_mask(segments, ids == cfg.pad_id), positions)
 
     def text(self, picks):
@@ -610,7 +449,19 @@ LOSS_WEIGHT = {"t2i": "loss_t2i", "lm": "loss_lm", "mmu": "loss_mmu"}
 
 
 def mixed_loss(forward, parts, tc, device):
-    """The Show-o objective on one mixed batch (Eq. 3): 1.0 MTP(t2i) + 0.1 NTP(lm) + 1.0 NTP(mmu).
+    """The training objective on one mixed batch: a weighted sum of three losses.
+
+    The paper (arXiv 2408.12528v7, §3.2 "Training Objectives", Eq. 3) writes
+
+        L = L_MTP + alpha * L_NTP
+
+    with one NTP term for all text. The released training code splits that term by data
+    source and weights each part, which is what this function does:
+
+        L = loss_t2i * MTP(t2i rows) + loss_lm * NTP(plain text) + loss_mmu * NTP(understanding)
+
+    with the released configs' 1.0 / 0.1 / 1.0 as defaults. So the paper's alpha is one
+    weight shared by loss_lm and loss_mmu; here they differ (text matters least).
 
     mtp_loss and ntp_loss (model.py, Eq. 1 and 2) are cross-entropy averaged over the
     positions whose target is not IGNORE. Here the network only computes logits at those
@@ -640,21 +491,28 @@ class Run:
     history: list = None                # one {kind: loss} per step
     scores: list = None                 # one {"step", "tflop", score...} per evaluation
     meter: ComputeMeter = None
+    data_dir: str = None                # your own pictures (--data-dir), or None: the shapes world
 
     def extra(self):
         settings = sampling_settings(self.tc)
         return {"sampling": {task: settings for task in TASKS}, "question_template": "{question}",
                 "image_objective": self.tc.image_objective,
                 "preset": self.preset, "train_config": config_to_dict(self.tc),
-                "train_state": {"step": self.step, "optimizer": self.optimizer},
+                "train_state": {"step": self.step, "optimizer": self.optimizer, "data_dir": self.data_dir},
                 "loss_history": self.history, "scores": self.scores, "compute": self.meter.to_dict()}
 
     @classmethod
-    def from_extra(cls, extra):
+    def from_extra(cls, extra, path, preset):
+        """The run stored in a checkpoint's extra, to resume it; UsageError if there is none."""
+        if "train_state" not in extra or "train_config" not in extra:
+            raise UsageError(f"{path} holds no training run (a converted release?): --resume continues "
+                             f"a checkpoint that train.py wrote")
+        if extra.get("preset", "tiny") != preset:
+            raise UsageError(f"{path} is a run of --preset {extra.get('preset')}: resume it with that preset")
         state, compute = extra["train_state"], extra.get("compute", {})
-        return cls(config_from_dict(extra["train_config"]), extra.get("preset", "tiny"), state["step"],
-                   materialize(state["optimizer"]), list(extra.get("loss_history", [])), list(extra.get("scores", [])),
-                   ComputeMeter(compute.get("stages")))
+        return cls(config_from_dict(extra["train_config"]), preset, state["step"], materialize(state["optimizer"]),
+                   list(extra.get("loss_history", [])), list(extra.get("scores", [])),
+                   ComputeMeter(compute.get("stages")), state.get("data_dir"))
 
 
 def sampling_settings(tc):
@@ -664,7 +522,7 @@ def sampling_settings(tc):
 
 
 def save(path, model, vq, text_tokenizer, state):
-    """Write the checkpoint (model.save_checkpoint writes a temporary file, then renames it)."""
+    """Write the checkpoint (checkpoint.save_checkpoint: a temporary file, then a rename)."""
     save_checkpoint(path, model, vq, text_tokenizer, extra=state.extra())
 
 
@@ -672,11 +530,17 @@ def save(path, model, vq, text_tokenizer, state):
 # The transformer stage
 # ----------------------------------------------------------------------------------------
 
+class Diverged(Exception):
+    """The loss or the weights are no longer finite numbers. Nothing more is saved, so the
+    last checkpoint on disk is the last finite one."""
+
+
 def train_transformer(model, batches, state, run, checkpoint=None, score=None):
     """AdamW with warm-up + cosine decay on mixed batches, from state.step to tc.steps.
 
     checkpoint(state): called every save_every steps, at the end and on Ctrl-C (then
     KeyboardInterrupt is raised again). score(step): called every eval_every steps.
+    Raises Diverged at the first loss that is not a finite number, before it is saved.
     """
     tc = state.tc
     forward = run.wrap(MixedForward(model))
@@ -689,6 +553,15 @@ def train_transformer(model, batches, state, run, checkpoint=None, score=None):
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if run.device.startswith("cuda")
                 else nullcontext())
     model.train()
+
+    def save():
+        """Write a checkpoint, but never one whose weights are no longer finite numbers."""
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise Diverged(f"the weights became NaN or infinite by step {state.step}: training diverged "
+                           f"(is lr = {tc.lr} too large?)")
+        state.optimizer = opt.state_dict()
+        checkpoint(state)
+
     bar = tqdm(range(state.step, tc.steps), desc="transformer", disable=not run.main,
                initial=state.step, total=tc.steps)
     try:
@@ -699,6 +572,9 @@ def train_transformer(model, batches, state, run, checkpoint=None, score=None):
                 parts = batches.batch(step)
                 with autocast:
                     loss, losses = mixed_loss(forward, parts, tc, run.device)
+                if not all(map(math.isfinite, losses.values())):    # stop before the update spreads it
+                    raise Diverged(f"the loss is not finite at step {step} ({losses}): training diverged "
+                                   f"(is lr = {tc.lr} too large?)")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 # Clipping guards the first steps, when the freshly initialised embeddings
@@ -713,178 +589,18 @@ def train_transformer(model, batches, state, run, checkpoint=None, score=None):
                 score(state.step)
                 model.train()
             if checkpoint and (state.step % tc.save_every == 0 or state.step == tc.steps):
-                state.optimizer = opt.state_dict()
-                checkpoint(state)
+                save()
     except KeyboardInterrupt:
         if checkpoint:
-            state.optimizer = opt.state_dict()
-            checkpoint(state)
+            save()
         raise
     state.optimizer = opt.state_dict()
     return model.eval()
 
 
 # ----------------------------------------------------------------------------------------
-# 4. Scores on held-out data
-# ----------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def t2i_match_rate(model, vq, text_tokenizer, prompts, tc, seed, batch=64):
-    """Fraction of generated pictures whose objects (read by data.describe) equal the prompt's."""
-    gen = torch.Generator(next(model.parameters()).device).manual_seed(seed)
-    hits = 0
-    for i in range(0, len(prompts), batch):
-        chunk = prompts[i:i + batch]
-        codes = generate_pictures(model, [text_tokenizer.encode(p) for p in chunk], tc.image_objective,
-                                  sampling_settings(tc), gen)
-        pictures = decode_all(vq, codes)
-        hits += sum(data.matches(as_world_picture(picture), prompt) for picture, prompt in zip(pictures, chunk))
-    return hits / len(prompts)
-
-
-@torch.no_grad()
-def answer_accuracy(model, vq, text_tokenizer, examples, device, want_captions):
-    """Exact-match rate of greedy answers: captions ('describe the image.') or the other questions."""
-    asked = [(e, q, a) for e in examples for q, a in e.qa if (q == "describe the image.") == want_captions]
-    hits = 0
-    for i in range(0, len(asked), 64):
-        chunk = asked[i:i + 64]
-        codes = encode_all(vq, np.stack([e.image for e, _, _ in chunk]), device).to(device)
-        answers = answer_questions(model, codes, [text_tokenizer.encode(q) for _, q, _ in chunk],
-                                   max_new_tokens=model.cfg.max_text_len)
-        hits += sum(text_tokenizer.decode(ids).strip() == a for ids, (_, _, a) in zip(answers, chunk))
-    return hits / max(1, len(asked))
-
-
-# What each score is, as printed (the README's tables use the same words).
-SCORE_NAMES = {
-    "t2i_one": "t2i one object (seen captions, new draws)",
-    "t2i_two": "t2i two objects (seen pairings)",
-    "t2i_novel": "t2i two objects (held-out pairings)",
-    "vqa": "VQA (new pictures)",
-    "caption": "caption exact match (new pictures)",
-    "caption_novel": "caption exact match (held-out pairings)",
-}
-
-
-def evaluate(model, vq, text_tokenizer, tc, device):
-    """Held-out scores (seeds no training scene used).
-
-    t2i: draw each prompt, decode, and let data.describe read the objects back; a picture
-    counts only when colour, shape and place of every object are right. The 90
-    one-object captions all occur in training (only the pictures are new); so do nearly
-    all two-object ones, except the 108 that pair a held-out pair of kinds
-    (data.HELD_OUT_PAIRS), which test composition. Understanding: greedy answers must
-    equal the true answer string exactly, on pictures no training step saw.
-    """
-    model.eval()
-    rng = random.Random(tc.seed + 7919)
-    doubles = [data.caption(scene) for scene in data.random_scenes(rng, tc.eval_prompts, 2)]
-    pictures = data.make_examples(tc.eval_scenes, seed=tc.seed + 104729)
-    novel_pictures = data.make_examples(max(1, tc.eval_scenes // 2), seed=tc.seed + 15485863, held_out=True)
-    rate = lambda prompts: t2i_match_rate(model, vq, text_tokenizer, prompts, tc, tc.seed)  # noqa: E731
-    answers = lambda examples, captions: answer_accuracy(model, vq, text_tokenizer, examples,  # noqa: E731
-                                                         device, want_captions=captions)
-    return {
-        "t2i_one": rate(data.one_object_captions() * tc.eval_draws),
-        "t2i_two": rate(doubles),
-        "t2i_novel": rate(data.held_out_captions()),
-        "vqa": answers(pictures, False),
-        "caption": answers(pictures, True),
-        "caption_novel": answers(novel_pictures, True),
-    }
-
-
-SCORE_LABELS = {"t2i_one": "t2i, one object", "t2i_two": "t2i, two objects", "t2i_novel": "t2i, held-out pairs",
-                "vqa": "VQA", "caption": "captions", "caption_novel": "captions, held-out pairs"}
-
-
-def format_scores(scores):
-    return "; ".join(f"{SCORE_NAMES[k]} {scores[k]:.0%}" for k in SCORE_NAMES if k in scores)
-
-
-# ----------------------------------------------------------------------------------------
-# The training curves, drawn with PIL (no plotting library needed)
-# ----------------------------------------------------------------------------------------
-
-CURVE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
-
-
-def line_chart(series, title, x_label, y_low, y_high, size=(420, 260)):
-    """A PIL line chart of {name: (xs, ys)}: axes with their ranges written on, and a legend."""
-    width, height = size
-    left, right, top, bottom = 44, 10, 22, 30
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((left, 4), title, fill="black")
-    draw.rectangle([left, top, width - right, height - bottom], outline="black")
-    x_high = max((max(xs) for xs, _ in series.values() if len(xs)), default=1) or 1
-    for y_value in (y_low, (y_low + y_high) / 2, y_high):
-        y = height - bottom - (y_value - y_low) / (y_high - y_low) * (height - top - bottom)
-        draw.text((2, y - 6), f"{y_value:g}", fill="black")
-    draw.text((left, height - bottom + 4), "0", fill="black")
-    draw.text((width - right - 70, height - bottom + 4), f"{x_high:.3g} {x_label}", fill="black")
-    for k, (name, (xs, ys)) in enumerate(series.items()):
-        colour = CURVE_COLOURS[k % len(CURVE_COLOURS)]
-        points = [(left + x / x_high * (width - left - right),
-                   height - bottom - (min(max(y, y_low), y_high) - y_low) / (y_high - y_low) * (height - top - bottom))
-                  for x, y in zip(xs, ys)]
-        if len(points) > 1:
-            draw.line(points, fill=colour, width=2)
-        for point in points if len(points) < 12 else []:
-            draw.ellipse([point[0] - 2, point[1] - 2, point[0] + 2, point[1] + 2], fill=colour)
-        draw.text((width - right - 150, top + 4 + 12 * k), name, fill=colour)
-    return image
-
-
-def curves_picture(history, scores):
-    """Losses per objective over steps (left) and held-out scores over training TFLOP (right)."""
-    smooth = 10
-    losses = {}
-    for kind in (history[0] if history else {}):
-        values = [h[kind] for h in history]
-        averaged = [np.mean(values[max(0, i - smooth + 1):i + 1]) for i in range(len(values))]
-        losses[f"{kind} loss"] = (list(range(1, len(values) + 1)), averaged)
-    top = max((max(ys) for _, ys in losses.values()), default=1.0)
-    charts = [line_chart(losses, f"training losses ({smooth}-step average)", "steps", 0, round(top + 0.5))]
-    if scores:
-        tflop = [s["tflop"] for s in scores]
-        series = {SCORE_LABELS[k]: (tflop, [100 * s[k] for s in scores]) for k in SCORE_LABELS}
-        charts.append(line_chart(series, "held-out scores (%)", "TFLOP", 0, 100))
-    sheet = Image.new("RGB", (sum(c.width for c in charts), charts[0].height), "white")
-    for i, chart in enumerate(charts):
-        sheet.paste(chart, (i * charts[0].width, 0))
-    return sheet
-
-
-SAMPLE_PROMPTS = ["a red circle in the center", "a blue square at the top left",
-                  "a yellow triangle at the bottom right", "a green circle at the top right",
-                  "a white square in the center", "a purple triangle at the bottom left",
-                  "a red square at the top left and a blue circle at the bottom right",
-                  "a green triangle at the top right and a yellow circle at the bottom left"]
-
-
-# ----------------------------------------------------------------------------------------
 # The whole run
 # ----------------------------------------------------------------------------------------
-
-def load_training_data(data_dir, tc):
-    """(pictures uint8 (B, 32, 32, 3), captions, question-answer lists, LM sentences).
-
-    Pictures stay small and uint8 here; encode_all resizes a chunk at a time when the
-    image tokenizer works at another resolution (a released one fine-tuned with --init).
-    """
-    if data_dir:
-        items = data.load_caption_folder(data_dir, data.IMAGE_SIZE)
-        if not items:
-            raise ValueError(f"no readable images listed in {data_dir}/captions.jsonl")
-        captions = [caption for _, caption in items]
-        return (np.stack([image for image, _ in items]), captions,
-                [[("describe the image.", c)] for c in captions], captions)
-    examples = data.make_examples(tc.train_scenes, seed=tc.seed)
-    return (np.stack([e.image for e in examples]), [e.caption for e in examples], [e.qa for e in examples],
-            data.text_corpus(tc.train_scenes, tc.seed))
-
 
 def train_tokenizers(args, tc, training_data, run, meter):
     """Stages 1-2: a BPE on the training texts, the LFQ tokenizer on the training pictures."""
@@ -935,25 +651,30 @@ def recipe(args):
 
 
 def check_arguments(args, path):
-    """Fail early, in one line, on options that cannot work together."""
+    """Fail early, in one line, on options that cannot work together or files that cannot be used."""
     if args.resume and (args.init or args.tokenizers_from):
-        raise ValueError("--resume continues a run as it was: drop --init / --tokenizers-from")
+        raise UsageError("--resume continues a run as it was: drop --init / --tokenizers-from")
     if args.resume and (args.set or args.seed is not None or args.steps is not None or args.image_objective):
-        raise ValueError("--resume keeps the checkpoint's recipe (same schedule, same data): drop --set/--seed/--steps")
+        raise UsageError("--resume keeps the checkpoint's recipe (same schedule, same data): drop --set/--seed/--steps")
     if args.resume and not path.exists():
-        raise ValueError(f"nothing to resume: {path} does not exist (start without --resume)")
+        raise UsageError(f"nothing to resume: {path} does not exist (start without --resume)")
     if args.init and args.tokenizers_from:
-        raise ValueError("--init already brings its tokenizers: drop --tokenizers-from")
+        raise UsageError("--init already brings its tokenizers: drop --tokenizers-from")
     if args.out_dir.exists() and not args.out_dir.is_dir():
-        raise ValueError(f"--out-dir {args.out_dir} is a file: give a folder")
+        raise UsageError(f"--out-dir {args.out_dir} is a file: give a folder")
+    check_writable_folder(args.out_dir, "--out-dir", create=True)
 
 
 def starting_point(args, preset, tc, path, run):
     """(model or None, vq, text_tokenizer or None, Run state) for a fresh, resumed or reused start."""
     if args.resume:
         model, vq, text_tokenizer, extra = load_checkpoint(path, run.device)
-        return model, vq, text_tokenizer, Run.from_extra(extra)
-    state = Run(tc, preset, history=[], scores=[], meter=ComputeMeter())
+        state = Run.from_extra(extra, path, preset)
+        if args.data_dir and Path(args.data_dir) != Path(state.data_dir or "."):
+            raise UsageError(f"{path} was trained on {state.data_dir or 'the shapes world'}: resume without "
+                             f"--data-dir (the run keeps its own data)")
+        return model, vq, text_tokenizer, state
+    state = Run(tc, preset, history=[], scores=[], meter=ComputeMeter(), data_dir=args.data_dir)
     source = args.init or args.tokenizers_from
     if not source:
         return None, None, None, state
@@ -964,46 +685,41 @@ def starting_point(args, preset, tc, path, run):
     return (model if args.init else None), vq, text_tokenizer, state
 
 
-def record_scores(model, vq, text_tokenizer, state, device, step):
+def scoring(tc):
+    """How this recipe is scored (evaluate.py): its seed, sizes and sampling settings."""
+    return Scoring(tc.seed, tc.eval_draws, tc.eval_prompts, tc.eval_scenes, tc.image_objective,
+                   sampling_settings(tc))
+
+
+def record_scores(model, vq, text_tokenizer, state, step):
     """Score the model now; keep the scores with the step and the TFLOP spent so far."""
-    scores = evaluate(model, vq, text_tokenizer, state.tc, device)
+    scores = evaluate(model, vq, text_tokenizer, scoring(state.tc))
     state.scores.append({"step": step, "tflop": state.meter.total / 1e12, **scores})
     tqdm.write(f"step {step}, {state.meter.total / 1e12:.1f} TFLOP: {format_scores(scores)}")
-
-
-def write_samples(model, vq, text_tokenizer, tc, device, path):
-    """A grid of pictures for SAMPLE_PROMPTS, drawn with the recipe's sampling settings."""
-    generator = torch.Generator(device).manual_seed(tc.seed)
-    codes = generate_pictures(model, [text_tokenizer.encode(p) for p in SAMPLE_PROMPTS], tc.image_objective,
-                              sampling_settings(tc), generator)
-    image_grid(decode_all(vq, codes), columns=4).save(path)
 
 
 def make_batches(cfg, tc, vq, text_tokenizer, training_data, run):
     """Stage 3 works on ids only: every picture is tokenized once, here, not per step."""
     images, captions, qa, sentences = training_data
     encode = text_tokenizer.encode
+    caption_ids = [encode(c) for c in captions]
     # Answers are encoded with a leading space: GPT-2 style BPE spells " red" (the word
     # after a question) differently from "red" at the start of a text.
-    return MixedBatches(cfg, tc, encode_all(vq, images, run.device), [encode(c) for c in captions],
-                        [[(encode(q), encode(" " + a)) for q, a in pairs] for pairs in qa],
+    qa_ids = [[(encode(q), encode(" " + a)) for q, a in pairs] for pairs in qa]
+    # A caption longer than the text slots would be cut without a word (attention.text_slots).
+    longest = max(map(len, caption_ids))
+    if longest + 3 > cfg.max_text_len + 1:
+        raise UsageError(f"max_text_len = {cfg.max_text_len}: the longest caption is {longest} tokens, and a "
+                         f"t2i row needs 2 more: set at least --set max_text_len={longest + 2}")
+    return MixedBatches(cfg, tc, data.encode_pictures(vq, images, run.device), caption_ids, qa_ids,
                         [encode(s) for s in sentences], rank=run.rank)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    # Warnings (e.g. skipped unreadable images) as one plain line, not a source listing.
-    warnings.formatwarning = lambda message, *_: f"warning: {message}\n"
-    try:
-        preset, tc = recipe(args)
-        path = args.out_dir / f"{preset}.pt"
-        check_arguments(args, path)
-        run = Distributed(pick_device(args.device))
-        model, vq, text_tokenizer, state = starting_point(args, preset, tc, path, run)
-        tc = state.tc
-        training_data = load_training_data(args.data_dir, tc)
-    except (ValueError, UsageError, CheckpointError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+def train(args, preset, tc, path, run, progress):
+    """Stages 1-4 (see the top of this file). `progress` records how far the run got."""
+    model, vq, text_tokenizer, state = starting_point(args, preset, tc, path, run)
+    tc = state.tc
+    training_data = data.training_set(state.data_dir, tc.train_scenes, tc.seed)
     torch.manual_seed(tc.seed)
     started = time.time()
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -1013,34 +729,60 @@ def main(argv=None):
     model = (model or Showo(model_config(tc, text_tokenizer, vq))).to(run.device).float()
     cfg = model.cfg
     say(run, f"transformer: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
-             f"vocabulary {cfg.vocab_size} = {cfg.llm_vocab_size} text + 10 special + "
+             f"vocabulary {cfg.vocab_size} = {cfg.llm_vocab_size} text + {len(SPECIAL_TOKENS)} special + "
              f"{cfg.codebook_size} image + [MASK], {cfg.num_vq_tokens} image tokens per picture"
              + (f"; resuming at step {state.step} of {tc.steps}" if state.step else ""))
 
     # Stage 3. Only the main process writes checkpoints and scores.
-    scored = run.main and not args.no_eval and not args.data_dir
+    scored = run.main and not args.no_eval and not state.data_dir
     checkpoint = partial(save, path, model, vq, text_tokenizer) if run.main else None
-    score = partial(record_scores, model, vq, text_tokenizer, state, run.device) if scored else None
-    try:
-        train_transformer(model, make_batches(cfg, tc, vq, text_tokenizer, training_data, run), state, run,
-                          checkpoint, score)
-    except KeyboardInterrupt:
-        say(run, f"\ninterrupted: step {state.step} of {tc.steps} saved in {path}; "
-                 f"continue with: python train.py --preset {preset} --out-dir {args.out_dir} --resume")
-        run.close()
-        sys.exit(130)
+    score = partial(record_scores, model, vq, text_tokenizer, state) if scored else None
+    batches = make_batches(cfg, tc, vq, text_tokenizer, training_data, run)
+    progress["state"] = state
+    train_transformer(model, batches, state, run, checkpoint, score)
     say(run, state.meter.report())
 
     # Stage 4: samples, held-out scores, training curves.
     if run.main:
-        write_samples(model, vq, text_tokenizer, tc, run.device, args.out_dir / "samples.png")
+        sample_grid(model, vq, text_tokenizer, scoring(tc)).save(args.out_dir / "samples.png")
         say(run, f"wrote {path} and {args.out_dir / 'samples.png'} ({time.time() - started:.0f} s so far)")
         if scored:
             score(tc.steps)
             checkpoint(state)
         curves_picture(state.history, state.scores).save(args.out_dir / "curves.png")
         say(run, f"wrote {args.out_dir / 'curves.png'}; done in {time.time() - started:.0f} s")
-    run.close()
+
+
+def main(argv=None):
+    """Check the recipe and options, then train; every way a run can stop early is one line."""
+    args = parse_args(argv)
+    # Warnings (e.g. skipped unreadable images) as one plain line, not a source listing.
+    warnings.formatwarning = lambda message, *_: f"warning: {message}\n"
+    progress, run = {}, None
+    try:
+        preset, tc = recipe(args)
+        path = args.out_dir / f"{preset}.pt"
+        check_arguments(args, path)
+        run = Distributed(pick_device(args.device))
+        with one_writer(path) if run.main else nullcontext():
+            train(args, preset, tc, path, run, progress)
+    except KeyboardInterrupt:
+        state = progress.get("state")
+        if state and state.step:
+            print(f"\ninterrupted: step {state.step} of {state.tc.steps} saved in {path}; continue with: "
+                  f"python train.py --preset {preset} --out-dir {args.out_dir} --resume", file=sys.stderr)
+        else:
+            print("\ninterrupted before the first transformer step: nothing was saved (the tokenizer "
+                  "stages are not resumable; run the command again)", file=sys.stderr)
+        sys.exit(130)
+    except Diverged as error:
+        sys.exit(f"error: {error}; the last checkpoint with finite weights, if any, is {path}")
+    except (UsageError, ValueError, OSError) as error:
+        sys.exit(f"error: {error}")
+    finally:
+        if run:
+            run.close()
+
 
 if __name__ == "__main__":
     main()

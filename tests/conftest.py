@@ -20,6 +20,7 @@ import torch
 import attention
 import checkpoint
 import data
+import evaluate
 import model
 import sampling
 import tokenizer
@@ -34,7 +35,7 @@ EXERCISES = {
     "guide": sampling, "maskgit_step": sampling, "CachedNextToken": sampling,   # lessons 6, 7
     "prediction_targets": train,                                          # lesson 8
 }
-PROJECT_MODULES = (attention, checkpoint, data, model, sampling, tokenizer, train)
+PROJECT_MODULES = (attention, checkpoint, data, evaluate, model, sampling, tokenizer, train)
 
 
 def swap_in_exercise(path):

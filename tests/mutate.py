@@ -72,7 +72,7 @@ MUTATIONS = [
      "LFQ code ids read with channel 0 as the LEAST significant bit"),
     ("tokenizer.py", "return self.conv(F.pad(x, (0, 1, 0, 1)))", "return self.conv(F.pad(x, (1, 0, 1, 0)))",
      "downsampling pads the top/left instead of the bottom/right"),
-    ("tokenizer.py", "return [cfg.pad_id] * (slots - len(ids)) + ids", "return ids + [cfg.pad_id] * (slots - len(ids))",
+    ("attention.py", "return [cfg.pad_id] * (slots - len(ids)) + ids", "return ids + [cfg.pad_id] * (slots - len(ids))",
      "caption padded on the right instead of the left"),
     ("tokenizer.py", "best = min(pairs, key=lambda pair: ranks.get(pair, math.inf))",
      "best = max(pairs, key=lambda pair: ranks.get(pair, -1))", "BPE applies the latest merge first"),

@@ -300,11 +300,128 @@ def test_image_tensor_round_trip():
 
 
 # -----------------------------------------------------------------------------
+# Reading any picture file
+
+# A known 8-bit greyscale picture (8 rows, 12 columns) holding both ends of the range, so
+# every range rule of read_picture sees its full scale.
+PICTURE = np.random.default_rng(0).integers(0, 256, (8, 12)).astype(np.uint8)
+PICTURE[0, :2] = 0, 255
+
+# file name -> (the same picture stored in another PIL mode, the mode PIL reads it back as)
+GREY_FILES = {
+    "8-bit.png": (lambda: PICTURE, "L"),
+    "16-bit.png": (lambda: PICTURE.astype(np.uint16) * 257, "I;16"),
+    "float-0-1.tif": (lambda: PICTURE.astype(np.float32) / 255, "F"),
+    "float-0-255.tif": (lambda: PICTURE.astype(np.float32), "F"),
+    "float-0-65535.tif": (lambda: PICTURE.astype(np.float32) * 257, "F"),
+    "int32-0-255.tif": (lambda: PICTURE.astype(np.int32), "I"),
+    "int32-0-65535.tif": (lambda: PICTURE.astype(np.int32) * 257, "I"),
+    "int32-full.tif": (lambda: (PICTURE.astype(np.int64) * (2 ** 31 - 1) // 255).astype(np.int32), "I"),
+}
+
+
+@pytest.mark.parametrize("name", GREY_FILES)
+def test_read_picture_scales_high_bit_depths(tmp_path, name):
+    values, mode = GREY_FILES[name]
+    Image.fromarray(values()).save(tmp_path / name)
+    assert Image.open(tmp_path / name).mode == mode   # the test really exercises this mode
+    picture = data.read_picture(tmp_path / name)
+    assert picture.shape == (8, 12, 3) and picture.dtype == np.uint8
+    assert (picture[..., 0] == picture[..., 2]).all()
+    # within one level of the 8-bit picture: scaled, not clipped (clipped 16-bit reads ~all white)
+    assert np.abs(picture[..., 0].astype(int) - PICTURE).max() <= 1
+    assert abs(picture.mean() - PICTURE.mean()) < 1
+
+
+def half_transparent(mode, colour):
+    """An 8x8 picture whose left half is fully transparent: colour on the right only."""
+    image = Image.new(mode, (8, 8), colour)
+    alpha = np.full((8, 8), 255, np.uint8)
+    alpha[:, :4] = 0
+    image.putalpha(Image.fromarray(alpha))
+    return image
+
+
+def palette_picture(transparent):
+    """Left half palette entry 1 (red), right half entry 0 (blue); red transparent if asked."""
+    image = Image.new("P", (8, 8), 0)
+    image.putpalette([0, 0, 255, 255, 0, 0])
+    image.paste(1, (0, 0, 4, 8))
+    if transparent:
+        image.info["transparency"] = 1
+    return image
+
+
+# file name -> (how to make it, the RGB it must read back as, tolerance in levels)
+COLOUR_FILES = {
+    "rgba.png": (lambda: half_transparent("RGB", (0, 0, 200)), [(255,) * 3] * 4 + [(0, 0, 200)] * 4, 0),
+    "la.png": (lambda: half_transparent("L", 30), [(255,) * 3] * 4 + [(30,) * 3] * 4, 0),
+    "palette-transparent.png": (lambda: palette_picture(True), [(255,) * 3] * 4 + [(0, 0, 255)] * 4, 0),
+    "palette.png": (lambda: palette_picture(False), [(255, 0, 0)] * 4 + [(0, 0, 255)] * 4, 0),
+    "bilevel.png": (lambda: Image.new("1", (8, 8), 1), [(255,) * 3] * 8, 0),
+    "cmyk.jpg": (lambda: Image.new("CMYK", (8, 8), (0, 255, 255, 0)), [(255, 0, 0)] * 8, 8),
+}
+
+
+@pytest.mark.parametrize("name", COLOUR_FILES)
+def test_read_picture_colour_modes_and_transparency(tmp_path, name):
+    make, row, tolerance = COLOUR_FILES[name]
+    make().save(tmp_path / name)
+    picture = data.read_picture(tmp_path / name)
+    assert picture.shape == (8, 8, 3) and picture.dtype == np.uint8
+    assert np.abs(picture.astype(int) - np.array(row)).max() <= tolerance
+
+
+def test_read_picture_composites_partial_transparency_on_white(tmp_path):
+    Image.new("RGBA", (2, 2), (0, 0, 0, 128)).save(tmp_path / "half.png")   # black at half opacity
+    assert (np.abs(data.read_picture(tmp_path / "half.png").astype(int) - 127) <= 1).all()
+
+
+def write_truncated_png(path):
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3)).astype(np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:2000])
+
+
+def write_bomb(path):
+    """A picture over PIL's size limit (the tests set Image.MAX_IMAGE_PIXELS to 100)."""
+    Image.new("RGB", (32, 32)).save(path)
+
+
+# file name -> how to make it; each must give a one-line ValueError naming it
+UNREADABLE = {
+    "truncated.png": write_truncated_png,
+    "text.png": lambda path: path.write_text("this is not a png"),
+    "a folder.png": lambda path: path.mkdir(),
+    "missing.png": lambda path: None,
+    "bomb.png": write_bomb,
+}
+
+
+@pytest.mark.parametrize("name", UNREADABLE)
+def test_read_picture_unreadable_file_is_one_line_value_error(tmp_path, monkeypatch, name):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)   # 32x32 is over twice that: an error
+    UNREADABLE[name](tmp_path / name)
+    with pytest.raises(ValueError) as caught:
+        data.read_picture(tmp_path / name)
+    message = str(caught.value)
+    assert message.startswith(f"cannot read image {tmp_path / name} (")
+    assert message.endswith("): give a PNG or JPEG file") and "\n" not in message
+
+
+def test_read_picture_names_a_decompression_bomb(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    write_bomb(tmp_path / "bomb.png")
+    with pytest.raises(ValueError, match="DecompressionBombError"):
+        data.read_picture(tmp_path / "bomb.png")
+
+
+# -----------------------------------------------------------------------------
 # A user's own folder
 
 def write_folder(folder, lines):
     Image.new("RGB", (40, 50), (255, 0, 0)).save(folder / "red.png")
     Image.new("L", (32, 32), 255).save(folder / "grey.png")
+    Image.fromarray(np.full((32, 32), 128 * 257, np.uint16)).save(folder / "grey16.png")
     # a wide image: only its middle half is green, so the centre crop must be all green
     wide = np.zeros((32, 64, 3), np.uint8)
     wide[:, :16] = (255, 0, 0)
@@ -313,6 +430,7 @@ def write_folder(folder, lines):
     (folder / "sub").mkdir()
     Image.fromarray(wide).save(folder / "sub" / "wide.png")
     (folder / "corrupt.png").write_bytes(b"this is not a png")
+    write_truncated_png(folder / "truncated.png")
     (folder / "captions.jsonl").write_text("\n".join(lines) + "\n")
 
 
@@ -321,7 +439,11 @@ GOOD_LINES = [
     json.dumps({"image": "corrupt.png", "caption": "broken"}),
     "",
     json.dumps({"image": "grey.png", "caption": "a white picture"}),
+    json.dumps({"image": "truncated.png", "caption": "cut short"}),
+    json.dumps({"image": "grey16.png", "caption": "   "}),                  # an empty caption
+    json.dumps({"image": "missing.png", "caption": "not there"}),
     json.dumps({"image": "sub/wide.png", "caption": "green in the middle"}),
+    json.dumps({"image": "grey16.png", "caption": "a 16-bit grey picture"}),
 ]
 
 
@@ -330,16 +452,40 @@ def test_load_caption_folder(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         items = data.load_caption_folder(tmp_path)
-    assert len(caught) == 1
-    assert "skipped 1 of 4 images" in str(caught[0].message) and "corrupt.png" in str(caught[0].message)
-    assert [text for _, text in items] == ["a red picture", "a white picture", "green in the middle"]
+    assert len(caught) == 1   # every skipped line counted in one warning
+    message = str(caught[0].message)
+    assert message.startswith("skipped 4 of 8 images: 3 could not be read (first: cannot read image ")
+    assert "corrupt.png" in message and "1 have an empty caption (first: grey16.png)" in message
+    assert [text for _, text in items] == [
+        "a red picture", "a white picture", "green in the middle", "a 16-bit grey picture"]
     for image, _ in items:
         assert image.shape == (32, 32, 3) and image.dtype == np.uint8
     assert (items[0][0] == (255, 0, 0)).all()
     assert (items[1][0] == 255).all()
     assert (items[2][0] == (0, 255, 0)).all()
-    with pytest.warns(UserWarning, match="skipped 1 of 4"):
+    assert (items[3][0] == 128).all()   # scaled from 16 bits, not clipped to white
+    with pytest.warns(UserWarning, match="skipped 4 of 8"):
         assert data.load_caption_folder(tmp_path, resolution=16)[0][0].shape == (16, 16, 3)
+
+
+def test_load_caption_folder_skips_a_decompression_bomb(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(tmp_path / "small.png")   # 64 pixels: under the limit
+    write_bomb(tmp_path / "bomb.png")
+    (tmp_path / "captions.jsonl").write_text(
+        json.dumps({"image": "bomb.png", "caption": "too big"}) + "\n"
+        + json.dumps({"image": "small.png", "caption": "blue"}) + "\n")
+    with pytest.warns(UserWarning, match=r"skipped 1 of 2 images: 1 could not be read .*bomb\.png"):
+        items = data.load_caption_folder(tmp_path)
+    assert [text for _, text in items] == ["blue"] and (items[0][0] == (0, 0, 255)).all()
+
+
+def test_load_caption_folder_all_captions_empty(tmp_path):
+    write_folder(tmp_path, [json.dumps({"image": "red.png", "caption": ""}),
+                            json.dumps({"image": "grey.png", "caption": " \t"})])
+    with pytest.raises(ValueError, match=r"^every caption in .*captions\.jsonl is empty: "
+                                         r"give each picture a caption$"):
+        data.load_caption_folder(tmp_path)
 
 
 @pytest.mark.parametrize("bad_line, complaint", [
@@ -350,7 +496,7 @@ def test_load_caption_folder(tmp_path):
 ])
 def test_load_caption_folder_malformed_line(tmp_path, bad_line, complaint):
     write_folder(tmp_path, GOOD_LINES + [bad_line])
-    with pytest.raises(ValueError, match=f"captions.jsonl line 6: .*{re.escape(complaint)}"):
+    with pytest.raises(ValueError, match=f"captions.jsonl line {len(GOOD_LINES) + 1}: .*{re.escape(complaint)}"):
         data.load_caption_folder(tmp_path)
 
 

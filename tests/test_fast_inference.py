@@ -11,10 +11,9 @@ import torch
 from PIL import Image
 
 import sampling
-from attention import lm_attention_mask
+from attention import lm_attention_mask, mmu_sequences
 from sampling import (CachedNextToken, CachedPromptT2I, FullRecomputeT2I, generate_image_codes,
                       generate_image_codes_ar, generate_text_cached, left_pad)
-from tokenizer import mmu_sequences
 
 TOLERANCE = 1e-4
 CAPTIONS = ["a red circle in the center", "a blue square"]     # ragged, both shorter than the slots

@@ -13,7 +13,8 @@ import torch
 
 import data
 from tokenizer import ImageTokenizerConfig, LookupFreeQuantizer
-from train import PRESETS, ComputeMeter, Distributed, train_image_tokenizer
+from evaluate import ComputeMeter
+from train import PRESETS, Distributed, train_image_tokenizer
 
 THREE_BITS = ImageTokenizerConfig(z_channels=3)
 

@@ -8,6 +8,7 @@ format (other sizes, layer counts, vocabularies) must pass too.
 """
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -18,12 +19,12 @@ from PIL import Image
 
 import sampling
 
-from attention import lm_attention_mask, mmu_attention_mask, t2i_attention_mask
+from attention import lm_attention_mask, mmu_attention_mask, mmu_sequences, t2i_attention_mask
 from checkpoint import (RELEASED_QUESTION_TEMPLATE, RELEASED_SAMPLING, CheckpointError, load_checkpoint,
                         load_released_image_tokenizer, load_released_showo, main, read_weights, write_safetensors)
 from model import SPECIAL_TOKENS, ShowoConfig
 from sampling import answer_questions, generate_image_codes, guide, mask_schedule, phrase_question
-from tokenizer import TextTokenizer, mmu_sequences
+from tokenizer import TextTokenizer
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "fixtures" / "official_tiny"
 TOLERANCE = 1e-4
@@ -214,12 +215,16 @@ def test_the_image_grid_follows_the_transformers_image_tokens(tmp_path):
 
 
 def test_a_picture_on_the_wrong_grid_is_one_clear_error(ref, showo):
-    codes = ref["vq.codes"]                                 # the fixture's own 4x4 grid
-    wrong = torch.cat([codes, codes, codes, codes], dim=1)  # 64 codes for a 16-token model
-    with pytest.raises(ValueError, match=r"tokenized to \(64,\) codes, but this model reads 16 \(4x4\)"):
+    """A code grid 4x the model's is refused with the model's own numbers (any fixture size)."""
+    n = showo.cfg.num_vq_tokens                             # the fixture's grid, e.g. 4x4 = 16
+    side = math.isqrt(n)
+    codes = ref["vq.codes"].reshape(-1, n)[:1]
+    wrong = torch.cat([codes] * 4, dim=1)                   # 4N codes for an N-token model
+    with pytest.raises(ValueError, match=rf"tokenized to \({4 * n},\) codes, but this model reads {n} "
+                                         rf"\({side}x{side}\)"):
         answer_questions(showo, wrong, [[1, 2]], max_new_tokens=2)
-    with pytest.raises(ValueError, match="this model reads 16"):
-        generate_image_codes(showo, [[1, 2]], steps=2, known_codes=wrong[:1])
+    with pytest.raises(ValueError, match=f"this model reads {n}"):
+        generate_image_codes(showo, [[1, 2]], steps=2, known_codes=wrong)
 
 
 def test_the_released_question_template_gives_the_published_ids():
@@ -246,11 +251,12 @@ def test_stored_defaults_are_used_when_no_flag_is_given(tmp_path, monkeypatch):
         used.setdefault("calls", []).append((settings["steps"], settings["guidance"]))
         return torch.zeros(len(captions), model.cfg.num_vq_tokens, dtype=torch.long)
     monkeypatch.setattr(sampling, "generate_pictures", spy)
-    picture = tmp_path / "in.png"
+    picture, mask = tmp_path / "in.png", tmp_path / "mask.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(picture)
+    Image.fromarray(np.full((64, 64, 3), 255, np.uint8)).save(mask)          # repaint everything
     common = ["--ckpt", str(out), "--device", "cpu", "--prompt", "a"]
     sampling.main([*common, "--out", str(tmp_path / "t2i.png")])
-    sampling.main([*common, "--image", str(picture), "--mask", str(picture), "--out", str(tmp_path / "i.png")])
+    sampling.main([*common, "--image", str(picture), "--mask", str(mask), "--out", str(tmp_path / "i.png")])
     sampling.main([*common, "--image", str(picture), "--extend", "left", "--out", str(tmp_path / "e.png")])
     sampling.main([*common, "--steps", "3", "--guidance", "0.5", "--out", str(tmp_path / "flags.png")])
     expected = [(RELEASED_SAMPLING[256][task]["steps"], RELEASED_SAMPLING[256][task]["guidance"])

@@ -11,12 +11,11 @@ from PIL import Image
 import torch.nn.functional as F
 
 import sampling
-from attention import t2i_attention_mask
+from attention import t2i_attention_mask, t2i_sequences
 from checkpoint import CheckpointError, load_checkpoint
 from model import ShowoConfig, decode_text
 from sampling import (FullRecomputeT2I, generate_image_codes, guide, mask_schedule, maskgit_step,
                       shift_codes, stitch_extension)
-from tokenizer import t2i_sequences
 
 
 def test_mask_schedule_endpoints():
@@ -247,8 +246,8 @@ def test_bad_options_stop_before_any_work(micro, tmp_path, monkeypatch):
     monkeypatch.setattr(sampling, "load_checkpoint", never)
     path = micro[3]
     cases = {
-        "--steps 0: give at least 1 MaskGIT step": ["--prompt", "a", "--steps", "0"],
-        "folder": ["--prompt", "a", "--out", tmp_path / "missing" / "a.png"],
+        "--steps 0: the MaskGIT steps must be a number in [1, 1000]": ["--prompt", "a", "--steps", "0"],
+        "does not exist": ["--prompt", "a", "--out", tmp_path / "missing" / "a.png"],
         "ending in .png": ["--prompt", "a", "--out", tmp_path / "a.txt"],
         "--image needs --mask": ["--image", tmp_path / "x.png", "--prompt", "a"],
         "--question needs --image": ["--question", "what?"],

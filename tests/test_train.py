@@ -12,12 +12,13 @@ import torch
 from PIL import Image
 
 import data
+import evaluate
 import train
-from attention import mmu_attention_mask
+from attention import mmu_attention_mask, mmu_sequences
 from checkpoint import load_checkpoint
+from evaluate import ComputeMeter
 from model import IGNORE, Showo, ShowoConfig, mtp_loss, ntp_loss
-from tokenizer import mmu_sequences
-from train import (PRESETS, ComputeMeter, Distributed, MixedBatches, MixedForward, Run, learning_rate,
+from train import (PRESETS, Distributed, MixedBatches, MixedForward, Run, learning_rate,
                    mixed_loss, model_config, train_transformer)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,8 +178,8 @@ def test_bad_input_is_one_clear_line(tmp_path):
     out = ["--out-dir", tmp_path]
     assert "expected a folder of images" in main_error(*out, "--data-dir", tmp_path / "missing")
     assert "not found" in main_error(*out, "--init", tmp_path / "missing.pt")
-    assert "steps = 0: must be at least 1" in main_error(*out, "--set", "steps=0")
-    assert "batch_lm = -1: must not be negative" in main_error(*out, "--set", "batch_lm=-1")
+    assert "steps = 0: must be in [1, 100,000,000]" in main_error(*out, "--set", "steps=0")
+    assert "batch_lm = -1: must be in [0, 100,000]" in main_error(*out, "--set", "batch_lm=-1")
     assert "expected float" in main_error(*out, "--set", "lr=fast")
     assert "NAME one of" in main_error(*out, "--set", "learning_rate=1")
     assert "nothing to resume" in main_error(*out, "--resume")
@@ -192,8 +193,8 @@ def test_pictures_at_another_resolution_are_scored_at_32_px():
     """A released tokenizer decodes 256 px pictures; the scorer reads the shapes world at 32 px."""
     example = data.make_examples(1, seed=3)[0]
     large = np.array(Image.fromarray(example.image).resize((256, 256), Image.NEAREST))
-    assert train.as_world_picture(large).shape == (32, 32, 3)
-    assert data.matches(train.as_world_picture(large), example.caption)
+    assert evaluate.as_world_picture(large).shape == (32, 32, 3)
+    assert data.matches(evaluate.as_world_picture(large), example.caption)
 
 
 def test_set_reads_each_field_as_its_type():
@@ -330,10 +331,10 @@ def test_scores_count_right_and_wrong_pictures_and_answers(micro, monkeypatch):
             table.pictures.append(example.image.tobytes())
         return made
 
-    monkeypatch.setattr(train, "generate_pictures", draw)
-    monkeypatch.setattr(train, "answer_questions", answer)
+    monkeypatch.setattr(evaluate, "generate_pictures", draw)
+    monkeypatch.setattr(evaluate, "answer_questions", answer)
     monkeypatch.setattr(data, "make_examples", remember)
-    scores = train.evaluate(model, table, text_tokenizer, tc, "cpu")
+    scores = evaluate.evaluate(model, table, text_tokenizer, train.scoring(tc))
     assert scores["t2i_one"] == scores["t2i_two"] == scores["t2i_novel"] == 0.5
     assert scores["vqa"] == pytest.approx(0.5, abs=0.1) and scores["caption"] == pytest.approx(0.5, abs=0.2)
 

@@ -1,0 +1,410 @@
+"""Measuring a run: what it cost, how well it draws and answers, and pictures of both.
+
+train.py trains; this file measures, so that the recipe there reads top to bottom.
+
+1. The compute: `ComputeMeter` counts the floating-point operations (FLOPs) of every
+   training step with PyTorch's FlopCounterMode. Budgets in this project are FLOPs, not
+   seconds: a FLOP count is the same on every machine, a busy CPU takes twice as long.
+2. The held-out scores (the shapes world, data.py): a drawn picture counts only when
+   `data.describe` reads back the colour, shape and place of every object of its prompt;
+   an answer or caption counts only when it equals the true one exactly. The prompts and
+   pictures come from `evaluation_prompts` / `evaluation_pictures`, seeded apart from
+   training, so every tool (train.py, bench.py, `python evaluate.py scores`) scores the
+   same draws.
+3. Pictures of a run: the sample grid and the loss / score curves (PIL only).
+4. Looking inside the tokenizers (tokenizer.py): `python evaluate.py bpe "a red circle"`
+   learns a BPE on shapes-world texts and shows its first merges; `python evaluate.py lfq
+   --ckpt out/tiny.pt` draws pictures, their LFQ codes and their reconstructions.
+
+    python evaluate.py scores --ckpt out/tiny.pt      # the held-out scores of a checkpoint
+
+Read first: train.py. Read next: sampling.py (the decoding loops the scores run).
+"""
+
+import argparse
+import math
+import random
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch.utils.flop_counter import (FlopCounterMode, flop_registry, register_flop_formula,
+                                      sdpa_backward_flop_count, sdpa_flop_count)
+
+import data
+from checkpoint import UsageError, load_checkpoint
+from sampling import answer_questions, check_output, generate_pictures, image_grid, recommended_settings
+from tokenizer import TextTokenizer, token_to_bytes
+
+
+# ----------------------------------------------------------------------------------------
+# 1. Counting the compute
+# ----------------------------------------------------------------------------------------
+#
+# PyTorch's FlopCounterMode watches every matmul, convolution and attention call as it
+# runs and adds up 2 FLOPs per multiply-add, forward and backward alike. (nanoGPT
+# estimates the same number from a formula, 6 * parameters per token plus attention, to
+# report its MFU; counting needs no formula and covers the convolutions too.)
+
+def count_cpu_attention():
+    """Teach FlopCounterMode the attention kernel PyTorch runs on CPUs (once).
+
+    The counter knows the fused attention kernels used on GPUs but not the CPU one; this
+    gives the CPU kernel the same formula. It is called when a ComputeMeter is made, not
+    on import, so importing this file changes nothing in torch.
+    """
+    forward = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    backward = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if forward is None or backward is None or forward in flop_registry:
+        return
+
+    @register_flop_formula(forward)
+    def cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query, key, value)
+
+    @register_flop_formula(backward)
+    def cpu_attention_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+COUNT_EVERY = 10   # FlopCounterMode counts one step in this many (see ComputeMeter)
+
+
+class ComputeMeter:
+    """FLOPs and wall seconds of each training stage.
+
+    `with meter.step(stage, index):` around one training step (forward, backward, update)
+    adds its wall time, and counts its FLOPs when index % COUNT_EVERY == 0. Counting every
+    step would be exact but slows a CPU step by about 15% (the counter sees every single
+    operation in Python); shapes change only a little from step to step (how many tokens
+    are masked, how long the answers are), so a stage's FLOPs are the mean of its counted
+    steps times its number of steps. The optimizer's update does no matmuls: it adds time,
+    no FLOPs.
+    """
+
+    def __init__(self, stages=None):
+        count_cpu_attention()
+        # stage -> {"steps", "counted_steps", "counted_flops", "seconds"}
+        self.stages = {stage: dict(record) for stage, record in (stages or {}).items()}
+
+    @contextmanager
+    def step(self, stage, index):
+        record = self.stages.setdefault(stage, {"steps": 0, "counted_steps": 0, "counted_flops": 0, "seconds": 0.0})
+        start = time.perf_counter()
+        if index % COUNT_EVERY == 0:
+            with FlopCounterMode(display=False) as counter:
+                yield
+            record["counted_flops"] += counter.get_total_flops()
+            record["counted_steps"] += 1
+        else:
+            yield
+        record["steps"] += 1
+        record["seconds"] += time.perf_counter() - start
+
+    def flops(self, stage):
+        record = self.stages[stage]
+        return record["counted_flops"] / max(1, record["counted_steps"]) * record["steps"]
+
+    @property
+    def total(self):
+        return sum(self.flops(stage) for stage in self.stages)
+
+    def report(self):
+        """The run's total, then one line per stage: TFLOP, seconds and the GFLOP/s achieved."""
+        lines = [f"training compute: {self.total / 1e12:.1f} TFLOP"]
+        for stage, record in self.stages.items():
+            per_step = self.flops(stage) / max(1, record["steps"]) / 1e9
+            lines.append(f"  {stage}: {record['steps']} steps x {per_step:.1f} GFLOP = {self.flops(stage) / 1e12:.2f} "
+                         f"TFLOP in {record['seconds']:.0f} s, "
+                         f"{self.flops(stage) / max(record['seconds'], 1e-9) / 1e9:.0f} GFLOP/s")
+        return "\n".join(lines)
+
+    def to_dict(self):
+        return {"stages": self.stages, "flops": {stage: self.flops(stage) for stage in self.stages},
+                "total_flops": self.total}
+
+
+# ----------------------------------------------------------------------------------------
+# 2. Held-out scores
+# ----------------------------------------------------------------------------------------
+
+@dataclass
+class Scoring:
+    """What the scores are computed on, and how their pictures are drawn.
+
+    seed: the run's seed (the scored draws are seeded apart from its training data);
+    draws: how many times each of the 90 one-object captions is drawn; two_object_prompts
+    and scenes: how many two-object prompts and new pictures; objective and settings: the
+    decoder ("mtp" MaskGIT or "ar") and its {"steps", "guidance", "temperature", "top_k"}.
+    """
+    seed: int = 0
+    draws: int = 2
+    two_object_prompts: int = 200
+    scenes: int = 200
+    objective: str = "mtp"
+    settings: dict = field(default_factory=lambda: {"steps": 16, "guidance": 1.0, "temperature": 1.0,
+                                                    "top_k": None})
+
+
+# What each score is: (the words printed after a run, the short label of charts and tables).
+SCORES = {
+    "t2i_one": ("t2i one object (seen captions, new draws)", "t2i, one object"),
+    "t2i_two": ("t2i two objects (seen pairings)", "t2i, two objects"),
+    "t2i_novel": ("t2i two objects (held-out pairings)", "t2i, held-out pairs"),
+    "vqa": ("VQA (new pictures)", "VQA"),
+    "caption": ("caption exact match (new pictures)", "captions"),
+    "caption_novel": ("caption exact match (held-out pairings)", "captions, held-out pairs"),
+}
+
+
+def evaluation_prompts(scoring):
+    """The scored text-to-image prompts: {"t2i_one", "t2i_two", "t2i_novel": [caption, ...]}.
+
+    The 90 one-object captions all occur in training (only the draws are new); so do
+    nearly all two-object ones, except the 108 that pair a held-out pair of kinds
+    (data.HELD_OUT_PAIRS), which test composition.
+    """
+    rng = random.Random(scoring.seed + 7919)
+    doubles = [data.caption(scene) for scene in data.random_scenes(rng, scoring.two_object_prompts, 2)]
+    return {"t2i_one": data.one_object_captions() * scoring.draws, "t2i_two": doubles,
+            "t2i_novel": data.held_out_captions()}
+
+
+def evaluation_pictures(scoring):
+    """(new pictures, new pictures of held-out pairs): lists of data.Example no training step saw."""
+    pictures = data.make_examples(scoring.scenes, seed=scoring.seed + 104729)
+    novel = data.make_examples(max(1, scoring.scenes // 2), seed=scoring.seed + 15485863, held_out=True)
+    return pictures, novel
+
+
+def as_world_picture(picture):
+    """A decoded picture at the shapes world's 32 px, which data.describe reads."""
+    if picture.shape[0] == data.IMAGE_SIZE:
+        return picture
+    return np.array(Image.fromarray(picture).resize((data.IMAGE_SIZE,) * 2, Image.Resampling.BOX))
+
+
+@torch.no_grad()
+def t2i_match_rate(model, vq, text_tokenizer, prompts, scoring, batch=64):
+    """Fraction of generated pictures whose objects (read by data.describe) equal the prompt's."""
+    gen = torch.Generator(next(model.parameters()).device).manual_seed(scoring.seed)
+    hits = 0
+    for i in range(0, len(prompts), batch):
+        chunk = prompts[i:i + batch]
+        codes = generate_pictures(model, [text_tokenizer.encode(p) for p in chunk], scoring.objective,
+                                  scoring.settings, gen)
+        pictures = data.decode_codes(vq, codes)
+        hits += sum(data.matches(as_world_picture(picture), prompt) for picture, prompt in zip(pictures, chunk))
+    return hits / len(prompts)
+
+
+@torch.no_grad()
+def answer_accuracy(model, vq, text_tokenizer, examples, want_captions, batch=64):
+    """Exact-match rate of greedy answers: captions ('describe the image.') or the other questions."""
+    device = next(model.parameters()).device
+    asked = [(e, q, a) for e in examples for q, a in e.qa if (q == "describe the image.") == want_captions]
+    hits = 0
+    for i in range(0, len(asked), batch):
+        chunk = asked[i:i + batch]
+        codes = data.encode_pictures(vq, np.stack([e.image for e, _, _ in chunk]), device).to(device)
+        answers = answer_questions(model, codes, [text_tokenizer.encode(q) for _, q, _ in chunk],
+                                   max_new_tokens=model.cfg.max_text_len)
+        hits += sum(text_tokenizer.decode(ids).strip() == a for ids, (_, _, a) in zip(answers, chunk))
+    return hits / max(1, len(asked))
+
+
+def evaluate(model, vq, text_tokenizer, scoring):
+    """All six held-out scores, {name in SCORES: fraction right}."""
+    model.eval()
+    prompts = evaluation_prompts(scoring)
+    pictures, novel_pictures = evaluation_pictures(scoring)
+    scores = {name: t2i_match_rate(model, vq, text_tokenizer, prompts[name], scoring) for name in prompts}
+    scores["vqa"] = answer_accuracy(model, vq, text_tokenizer, pictures, want_captions=False)
+    scores["caption"] = answer_accuracy(model, vq, text_tokenizer, pictures, want_captions=True)
+    scores["caption_novel"] = answer_accuracy(model, vq, text_tokenizer, novel_pictures, want_captions=True)
+    return scores
+
+
+def format_scores(scores):
+    return "; ".join(f"{words} {scores[name]:.0%}" for name, (words, _) in SCORES.items() if name in scores)
+
+
+@torch.no_grad()
+def report_image_tokenizer(vq, examples, device):
+    """Reconstruction quality and codebook usage, on pictures the tokenizer never saw."""
+    images = np.stack([e.image for e in examples])
+    codes = data.encode_pictures(vq, images, device)
+    rebuilt = data.decode_codes(vq, codes)
+    mse = np.mean(((rebuilt.astype(np.float64) - images) / 127.5) ** 2)
+    readable = np.mean([data.matches(as_world_picture(image), e.caption) for image, e in zip(rebuilt, examples)])
+    counts = torch.bincount(codes.flatten(), minlength=vq.cfg.codebook_size).float()
+    p = counts[counts > 0] / counts.sum()
+    perplexity = math.exp(-(p * p.log()).sum().item())
+    return {"psnr": 10 * math.log10(4 / mse), "describe_ok": float(readable),   # peak-to-peak range 2
+            "codes_used": int((counts > 0).sum()), "codebook": vq.cfg.codebook_size, "perplexity": perplexity}
+
+
+# ----------------------------------------------------------------------------------------
+# 3. Pictures of a run: samples and curves (drawn with PIL, no plotting library)
+# ----------------------------------------------------------------------------------------
+
+SAMPLE_PROMPTS = ["a red circle in the center", "a blue square at the top left",
+                  "a yellow triangle at the bottom right", "a green circle at the top right",
+                  "a white square in the center", "a purple triangle at the bottom left",
+                  "a red square at the top left and a blue circle at the bottom right",
+                  "a green triangle at the top right and a yellow circle at the bottom left"]
+
+
+def sample_grid(model, vq, text_tokenizer, scoring):
+    """A PIL grid of pictures for SAMPLE_PROMPTS (four a row), drawn with the scoring settings."""
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(scoring.seed)
+    codes = generate_pictures(model, [text_tokenizer.encode(p) for p in SAMPLE_PROMPTS], scoring.objective,
+                              scoring.settings, generator)
+    return image_grid(data.decode_codes(vq, codes), columns=4)
+
+
+CURVE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
+CHART_FONT = ImageFont.load_default(size=11)     # scalable: the tiny bitmap default drops spaces
+
+
+def line_chart(series, title, x_label, y_low, y_high, size=(420, 260)):
+    """A PIL line chart of {name: (xs, ys)}: axes with their ranges written on, and a legend."""
+    width, height = size
+    left, right, top, bottom = 44, 10, 22, 30
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((left, 4), title, fill="black", font=CHART_FONT)
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    x_high = max((max(xs) for xs, _ in series.values() if len(xs)), default=1) or 1
+    for y_value in (y_low, (y_low + y_high) / 2, y_high):
+        y = height - bottom - (y_value - y_low) / (y_high - y_low) * (height - top - bottom)
+        draw.text((2, y - 6), f"{y_value:g}", fill="black", font=CHART_FONT)
+    draw.text((left, height - bottom + 4), "0", fill="black", font=CHART_FONT)
+    draw.text((width - right - 90, height - bottom + 4), f"{x_high:,.4g} {x_label}", fill="black", font=CHART_FONT)
+    for k, (name, (xs, ys)) in enumerate(series.items()):
+        colour = CURVE_COLOURS[k % len(CURVE_COLOURS)]
+        points = [(left + x / x_high * (width - left - right),
+                   height - bottom - (min(max(y, y_low), y_high) - y_low) / (y_high - y_low) * (height - top - bottom))
+                  for x, y in zip(xs, ys)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for point in points if len(points) < 12 else []:
+            draw.ellipse([point[0] - 2, point[1] - 2, point[0] + 2, point[1] + 2], fill=colour)
+        draw.text((width - right - 150, top + 4 + 12 * k), name, fill=colour, font=CHART_FONT)
+    return image
+
+
+def curves_picture(history, scores):
+    """Losses per objective over steps (left) and held-out scores over training TFLOP (right)."""
+    smooth = 10
+    losses = {}
+    for kind in (history[0] if history else {}):
+        values = [h[kind] for h in history]
+        averaged = [np.mean(values[max(0, i - smooth + 1):i + 1]) for i in range(len(values))]
+        losses[f"{kind} loss"] = (list(range(1, len(values) + 1)), averaged)
+    top = max((max(ys) for _, ys in losses.values()), default=1.0)
+    charts = [line_chart(losses, f"training losses ({smooth}-step average)", "steps", 0, round(top + 0.5))]
+    if scores:
+        tflop = [s["tflop"] for s in scores]
+        series = {label: (tflop, [100 * s[name] for s in scores]) for name, (_, label) in SCORES.items()}
+        charts.append(line_chart(series, "held-out scores (%)", "TFLOP", 0, 100))
+    sheet = Image.new("RGB", (sum(c.width for c in charts), charts[0].height), "white")
+    for i, chart in enumerate(charts):
+        sheet.paste(chart, (i * charts[0].width, 0))
+    return sheet
+
+
+# ----------------------------------------------------------------------------------------
+# 4. Looking inside the tokenizers: python evaluate.py bpe ... / lfq ...
+# ----------------------------------------------------------------------------------------
+
+def show_bpe(text, vocab_size=512):
+    """Learn a BPE on shapes-world texts, then show its first merges and how `text` splits."""
+    tokenizer = TextTokenizer.train(data.text_corpus(20000, seed=0), vocab_size)
+    print(f"learned {len(tokenizer.merges)} merges on 20,000 shapes-world texts; the first ten:")
+    for left, right in tokenizer.merges[:10]:
+        print(f"  {token_to_bytes(left)!r:>10} + {token_to_bytes(right)!r:<10} -> {token_to_bytes(left + right)!r}")
+    ids = tokenizer.encode(text)
+    pieces = [tokenizer.decode([i]) for i in ids]
+    print(f"\n{text!r}: {len(text.encode())} bytes -> {len(ids)} tokens")
+    print("  " + " | ".join(pieces))
+    print(f"  ids {ids}")
+
+
+def code_colours(codes):
+    """A fixed, arbitrary colour per code id, so equal codes look equal: uint8 (..., 3)."""
+    return ((codes[..., None] * torch.tensor([2654435761, 40503, 2246822519])) >> 7) % 200 + 40
+
+
+def lfq_picture(vq, images):
+    """Originals (top), their code grids (middle; one colour per code) and reconstructions.
+
+    images: uint8 (B, H, W, 3). Returns (a uint8 (3*H + 4, B*W + B - 1, 3) sheet, the codes).
+    """
+    codes = data.encode_pictures(vq, images, "cpu")                         # (B, h*w)
+    rebuilt = data.decode_codes(vq, codes)                                  # (B, H, W, 3)
+    grid, side = vq.cfg.grid_size, images.shape[1]
+    cells = code_colours(codes).view(-1, grid, grid, 3).to(torch.uint8)
+    cells = cells.repeat_interleave(side // grid, 1).repeat_interleave(side // grid, 2).numpy()
+    rows = [torch.from_numpy(row) for row in (images, cells, rebuilt)]
+    sheet = torch.full((3 * side + 4, len(images) * (side + 1) - 1, 3), 255, dtype=torch.uint8)
+    for r, row in enumerate(rows):
+        for i, picture in enumerate(row):
+            sheet[r * (side + 2):r * (side + 2) + side, i * (side + 1):i * (side + 1) + side] = picture
+    return sheet.numpy(), codes
+
+
+def show_lfq(ckpt, out, count=8):
+    """Draw how the image tokenizer of a checkpoint sees shapes-world pictures."""
+    _, vq, _, _ = load_checkpoint(ckpt)
+    if vq.cfg.resolution != data.IMAGE_SIZE:
+        raise UsageError(f"{ckpt}: its image tokenizer works at {vq.cfg.resolution} px, the shapes world is "
+                         f"{data.IMAGE_SIZE} px: give a checkpoint from train.py")
+    images = np.stack([e.image for e in data.make_examples(count, seed=1234)])
+    sheet, codes = lfq_picture(vq, images)
+    sheet = Image.fromarray(sheet)
+    sheet.resize((sheet.width * 4, sheet.height * 4), Image.NEAREST).save(out)
+    print(f"wrote {out}: {count} pictures, their {vq.cfg.grid_size}x{vq.cfg.grid_size} codes "
+          f"({len(codes.unique())} different ones of {vq.cfg.codebook_size}) and the reconstructions")
+
+
+def scoring_of_checkpoint(extra):
+    """The Scoring a train.py checkpoint was scored with (its seed, sizes and sampling)."""
+    stored = extra.get("train_config")
+    if not stored:
+        raise UsageError("this checkpoint was not trained by train.py on the shapes world: nothing to score")
+    return Scoring(stored["seed"], stored["eval_draws"], stored["eval_prompts"], stored["eval_scenes"],
+                   extra.get("image_objective", "mtp"), recommended_settings(extra, "t2i"))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Measure a checkpoint; see the two tokenizers at work.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    bpe = sub.add_parser("bpe", help="learn a small BPE and split a text with it")
+    bpe.add_argument("text", nargs="?", default="a purple triangle at the bottom left")
+    lfq = sub.add_parser("lfq", help="draw pictures, their LFQ codes and their reconstructions")
+    lfq.add_argument("--ckpt", required=True, help="a checkpoint from train.py (e.g. out/tiny.pt)")
+    lfq.add_argument("--png", default="lfq.png")
+    scores = sub.add_parser("scores", help="the held-out scores of a train.py checkpoint")
+    scores.add_argument("--ckpt", required=True, help="a checkpoint from train.py (e.g. out/tiny.pt)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "bpe":
+            show_bpe(args.text)
+        elif args.command == "lfq":
+            show_lfq(args.ckpt, check_output(args.png, "--png"))
+        else:
+            model, vq, text_tokenizer, extra = load_checkpoint(args.ckpt)
+            print(format_scores(evaluate(model, vq, text_tokenizer, scoring_of_checkpoint(extra))))
+    except (UsageError, OSError) as error:
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: nothing was written")
+
+
+if __name__ == "__main__":
+    main()
