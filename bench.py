@@ -285,7 +285,7 @@ def bench_loading(args):
 
 
 # ----------------------------------------------------------------------------------------
-# compare: MaskGIT (Show-o) against autoregressive drawing (README, "Why discrete diffusion?")
+# compare: MaskGIT (Show-o) against autoregressive drawing (docs/experiments.md, "Why discrete diffusion?")
 # ----------------------------------------------------------------------------------------
 
 def time_pictures(model, objective, settings, count, batch=50):

@@ -115,7 +115,7 @@ def one_writer(path):
     """Hold PATH.lock (holding our pid) while a run writes PATH; refuse a second live writer.
 
     Two training runs in one --out-dir would overwrite each other's checkpoints. A lock
-    left by a process that no longer exists (a killed run) is taken over.
+    left by a process that does not exist (a killed run) is taken over.
     """
     lock = Path(f"{path}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)

@@ -531,7 +531,7 @@ def save(path, model, vq, text_tokenizer, state):
 # ----------------------------------------------------------------------------------------
 
 class Diverged(Exception):
-    """The loss or the weights are no longer finite numbers. Nothing more is saved, so the
+    """The loss or the weights are not finite numbers any more. Nothing more is saved, so the
     last checkpoint on disk is the last finite one."""
 
 
@@ -555,7 +555,7 @@ def train_transformer(model, batches, state, run, checkpoint=None, score=None):
     model.train()
 
     def save():
-        """Write a checkpoint, but never one whose weights are no longer finite numbers."""
+        """Write a checkpoint, but never one whose weights are not all finite numbers."""
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise Diverged(f"the weights became NaN or infinite by step {state.step}: training diverged "
                            f"(is lr = {tc.lr} too large?)")

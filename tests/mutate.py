@@ -102,7 +102,7 @@ MUTATIONS = [
 
 def copy_repository(target):
     """The working tree without caches, outputs or git history."""
-    ignore = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "out", "*.pt.tmp", ".benchmarks")
+    ignore = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "out", "*.tmp", ".benchmarks")
     shutil.copytree(ROOT, target, ignore=ignore, dirs_exist_ok=True)
 
 
