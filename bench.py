@@ -63,7 +63,7 @@ import torch
 import data
 import evaluate
 from attention import mmu_sequences, t2i_attention_mask, t2i_sequences
-from checkpoint import UsageError, convert, load_checkpoint, write_released_layout
+from checkpoint import UsageError, convert, exit_with_one_line, load_checkpoint, write_released_layout
 from model import IGNORE, Showo, ShowoConfig, mtp_loss
 from sampling import (DEFAULT_SETTINGS, answer_questions, generate_image_codes, generate_pictures,
                       generate_text_cached, left_pad, phrase_question, recommended_settings)
@@ -413,11 +413,13 @@ def main(argv=None):
     compare.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv or ["inference"])
-    try:
-        check_arguments(args)
-        {"loading": bench_loading, "compare": bench_compare, "inference": bench_inference}[args.command](args)
-    except (UsageError, ValueError) as error:
-        sys.exit(f"error: {error}")
+    exit_with_one_line(run, args)
+
+
+def run(args):
+    """Check every number, then run the one benchmark asked for."""
+    check_arguments(args)
+    {"loading": bench_loading, "compare": bench_compare, "inference": bench_inference}[args.command](args)
 
 
 # Counts that must be at least 1, per subcommand (the option names as argparse stores them).

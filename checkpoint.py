@@ -54,6 +54,18 @@ class CheckpointError(UsageError):
     """A checkpoint that cannot be loaded; the message says what to do."""
 
 
+def exit_with_one_line(job, *args):
+    """Run a command's job; bad input (UsageError, ValueError, OSError) and Ctrl-C end it with
+    one line on stderr and a non-zero exit, never a traceback. For the CLIs that write
+    their outputs only at the end (sampling.py, evaluate.py, bench.py)."""
+    try:
+        return job(*args)
+    except (UsageError, ValueError, OSError) as error:
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: nothing was written")
+
+
 def pick_device(name):
     """Where the weights go: 'auto' -> cuda when present; 'cuda' without CUDA is an error,
     never a silent fallback to the CPU."""

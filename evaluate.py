@@ -24,7 +24,6 @@ Read first: train.py. Read next: sampling.py (the decoding loops the scores run)
 import argparse
 import math
 import random
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from torch.utils.flop_counter import (FlopCounterMode, flop_registry, register_f
                                       sdpa_backward_flop_count, sdpa_flop_count)
 
 import data
-from checkpoint import UsageError, load_checkpoint
+from checkpoint import UsageError, exit_with_one_line, load_checkpoint
 from sampling import answer_questions, check_output, generate_pictures, image_grid, recommended_settings
 from tokenizer import TextTokenizer, token_to_bytes
 
@@ -391,20 +390,18 @@ def main(argv=None):
     lfq.add_argument("--png", default="lfq.png")
     scores = sub.add_parser("scores", help="the held-out scores of a train.py checkpoint")
     scores.add_argument("--ckpt", required=True, help="a checkpoint from train.py (e.g. out/tiny.pt)")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "bpe":
-            show_bpe(args.text)
-        elif args.command == "lfq":
-            show_lfq(args.ckpt, check_output(args.png, "--png"))
-        else:
-            model, vq, text_tokenizer, extra = load_checkpoint(args.ckpt)
-            print(format_scores(evaluate(model, vq, text_tokenizer, scoring_of_checkpoint(extra))))
-    except (UsageError, OSError) as error:
-        sys.exit(f"error: {error}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted: nothing was written")
+    exit_with_one_line(run, parser.parse_args(argv))
 
+
+def run(args):
+    """The one subcommand asked for."""
+    if args.command == "bpe":
+        show_bpe(args.text)
+    elif args.command == "lfq":
+        show_lfq(args.ckpt, check_output(args.png, "--png"))
+    else:
+        model, vq, text_tokenizer, extra = load_checkpoint(args.ckpt)
+        print(format_scores(evaluate(model, vq, text_tokenizer, scoring_of_checkpoint(extra))))
 
 if __name__ == "__main__":
     main()

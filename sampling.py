@@ -37,7 +37,6 @@ Read first: train.py. Read next: checkpoint.py (using the released weights).
 
 import argparse
 import math
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -47,8 +46,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from attention import lm_attention_mask, mmu_sequences, t2i_attention_mask, t2i_sequences
-from checkpoint import (RELEASED_SAMPLING, UsageError, check_writable_file, check_writable_folder, load_checkpoint,
-                        pick_device)
+from checkpoint import (RELEASED_SAMPLING, UsageError, check_writable_file, check_writable_folder, exit_with_one_line,
+                        load_checkpoint, pick_device)
 from model import decode_text, pick_token
 from data import image_to_tensor, read_picture, resize_and_crop, tensor_to_image
 
@@ -764,13 +763,7 @@ def main(argv=None):
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--naive", action="store_true",
                    help="recompute the whole sequence at every step (the simple, slow path; same results)")
-    args = p.parse_args(argv)
-    try:
-        run(args)
-    except (UsageError, ValueError) as error:
-        sys.exit(f"error: {error}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted: nothing was written")
+    exit_with_one_line(run, p.parse_args(argv))
 
 
 if __name__ == "__main__":
