@@ -57,6 +57,28 @@ def test_known_tokens_are_never_masked_again_and_each_step_commits_one(micro):
         assert (tokens[0, 3:] != cfg.mask_token_id).all()
 
 
+def test_each_step_commits_the_most_confident_guesses(micro):
+    """MaskGIT's central idea: the tokens kept are the ones the model is surest of.
+
+    Two positions get a near-certain code, the rest a flat distribution; with no re-masking
+    noise, the first step (64 -> 62 masks) must commit exactly those two. A step that
+    re-masks random positions, or the least confident ones, fails here.
+    """
+    cfg = micro[0].cfg
+    tokens = torch.full((1, 64), cfg.mask_token_id)
+    logits = torch.zeros(1, 64, cfg.codebook_size)
+    sure = [5, 41]
+    logits[0, sure, 3] = 30.0                                  # p(code 3) ~ 1 at the two sure positions
+    steps = 8
+    kept = 64 - int(64 * math.cos(math.pi / 2 / steps))      # the schedule commits 2 at step 0
+    assert kept == len(sure)
+    codes, tokens = maskgit_step(tokens, logits, 0, steps, cfg, temperature=0.0,
+                                 generator=torch.Generator().manual_seed(0))
+    committed = (tokens[0] != cfg.mask_token_id).nonzero().flatten().tolist()
+    assert committed == sure, f"committed positions {committed}, expected the confident ones {sure}"
+    assert codes[0, sure].tolist() == [3, 3]
+
+
 def test_steps_must_be_at_least_one(micro):
     model, _, text_tokenizer, _ = micro
     with pytest.raises(ValueError, match="at least one step"):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokenizer import EOS_TOKEN, TextTokenizer, apply_merges, bytes_to_unicode, pretokenize
+from tokenizer import EOS_TOKEN, TextTokenizer, apply_merges, bytes_to_unicode, merge_pair, pretokenize
 
 DEFAULT_BPE_DIR = Path(__file__).resolve().parent / "fixtures" / "gpt2_bpe"
 
@@ -104,6 +104,15 @@ def test_pretokenize_keeps_every_character():
     for _ in range(500):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 20)))
         assert "".join(pretokenize(text)) == text
+
+
+def test_merge_pair_replaces_every_occurrence_left_to_right():
+    """Every occurrence, not just the first (a BPE that merged only the first would learn the
+    same merge again and again); overlapping runs resolve leftmost-first."""
+    assert merge_pair([1, 2, 3, 1, 2, 1, 2], (1, 2), 9) == [9, 3, 9, 9], "merge every occurrence of the pair"
+    assert merge_pair(["a", "a", "a"], ("a", "a"), "aa") == ["aa", "a"], "a-a-a merges to aa-a"
+    assert merge_pair([1, 1, 1, 1], (1, 1), 7) == [7, 7]
+    assert merge_pair([2, 1], (1, 2), 9) == [2, 1], "the pair is ordered"
 
 
 def test_merges_apply_in_rank_order():
