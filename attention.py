@@ -19,6 +19,9 @@ layout and its mask are read together. Three rules are used (docs/sequences.md, 
     causal, except that every row sees everything up to and including the first <|eoi|>,
     so the task token + image form one bidirectional prefix.
 * lm (plain text):       BOS text EOS — causal.
+* mmu with CLIP features (the released CLIP-ViT variant):
+                         <|mmu|> system <|soi|> feat ... feat <|eoi|> question answer
+    causal, except that every row, the system prompt's too, sees every feature.
 
 Everywhere, no real token may look at a [PAD] token; a pad row looks at the pads up to
 itself (its output is never used, but a row that sees nothing would produce NaNs).
@@ -92,6 +95,24 @@ def mmu_sequences(image_tokens, texts_ids, cfg, pad_to=None):
     width = pad_to or max(lengths)
     ids = torch.tensor([r + [cfg.pad_id] * (width - len(r)) for r in rows], device=image_tokens.device)
     return ids, lengths
+
+
+def mmu_vit_sequences(system_ids, questions_ids, num_features, cfg):
+    """Understanding sequences of the CLIP-ViT variant (§3.2 "Unified Prompting", with CLIP
+    features in the picture's place), left-padded with [PAD] to the longest:
+
+        <|mmu|> system <|soi|> [MASK]*P <|eoi|> question...
+
+    (the released inference_mmu.py, `w_clip_vit` branch). The P [MASK] ids only hold the
+    places of the P projected CLIP features: the model gets the features there as embeddings
+    (sampling.answer_with_clip), never these ids. Unlike `mmu_sequences`, there is no BOS
+    before the question, and a system prompt comes first (LLaVA's). Left padding, so that
+    every row's next token lands in the same column (sampling.left_pad). Returns (B, L) ids.
+    """
+    rows = [[cfg.mmu_id, *system_ids, cfg.soi_id, *[cfg.mask_token_id] * num_features, cfg.eoi_id, *question]
+            for question in questions_ids]
+    width = max(len(row) for row in rows)
+    return torch.tensor([[cfg.pad_id] * (width - len(row)) + row for row in rows])
 
 
 def lm_sequences(texts_ids, cfg, length):
@@ -199,6 +220,30 @@ def mmu_attention_mask(input_ids, pad_id, eoi_id):
     eoi_seen_before = (input_ids == eoi_id).cumsum(dim=1) - (input_ids == eoi_id).long()
     prefix = eoi_seen_before == 0                                       # (B, L)
     return _hide_padding(causal | prefix[:, None, :], input_ids == pad_id)
+
+
+def mmu_vit_attention_mask(input_ids, pad_id, soi_id, eoi_id):
+    """The understanding mask of the CLIP-ViT variant, (B, L, L) bool (`mmu_vit_sequences`):
+    Show-o's omni-attention (§3.2 "Omni-Attention Mechanism") with features for the picture.
+
+    Causal, except that every row may see the picture's features: the columns after the
+    first <|soi|> and before the first <|eoi|>. So the <|mmu|> token and the system prompt,
+    though they come first, see the whole picture, and the features see each other both
+    ways; <|soi|> and <|eoi|> themselves stay causal. (The released
+    create_attention_mask_for_mmu_vit, training/prompting_utils.py, opens columns
+    1 + system + 1 ... + 576 by count; here the <|soi|>/<|eoi|> ids say where, for any P.)
+    """
+    length = input_ids.shape[1]
+    causal = causal_mask(length, input_ids.device)[None]               # (1, L, L)
+    features = clip_feature_slots(input_ids, soi_id, eoi_id)            # (B, L)
+    return _hide_padding(causal | features[:, None, :], input_ids == pad_id)
+
+
+def clip_feature_slots(input_ids, soi_id, eoi_id):
+    """(B, L) bool: the places of the CLIP features, after the first <|soi|>, before the first <|eoi|>."""
+    opened = (input_ids == soi_id).cumsum(dim=1) > 0                    # (B, L) at or after <|soi|>
+    closed = (input_ids == eoi_id).cumsum(dim=1) > 0                    # (B, L) at or after <|eoi|>
+    return opened & ~closed & (input_ids != soi_id)
 
 
 def shared_picture_attention_mask(segments, is_pad):

@@ -40,6 +40,8 @@ default, one thread per core, for a machine of your own).
 `python bench.py loading`: writes random weights of the released sizes in the released
 layout (checkpoint.write_released_layout), then converts, loads, draws one picture and
 answers one question, each in a fresh process, with its time and peak memory.
+`python bench.py loading --clip` does the same for the CLIP-ViT variant (its Show-o with
+mm_projector, and a CLIP-L/14-336 download whose tower answers the question).
 
 `python bench.py compare --mtp A.pt --ar B.pt`: forward passes, time for 100 pictures and
 scores of a Show-o (MaskGIT) checkpoint against the same recipe trained autoregressively.
@@ -63,9 +65,10 @@ import torch
 import data
 import evaluate
 from attention import mmu_sequences, t2i_attention_mask, t2i_sequences
-from checkpoint import UsageError, convert, exit_with_one_line, load_checkpoint, write_released_layout
+from checkpoint import (UsageError, convert, exit_with_one_line, load_checkpoint, load_vision_tower,
+                        write_released_layout)
 from model import IGNORE, Showo, ShowoConfig, mtp_loss
-from sampling import (DEFAULT_SETTINGS, answer_questions, generate_image_codes, generate_pictures,
+from sampling import (DEFAULT_SETTINGS, answer_questions, answer_with_clip, generate_image_codes, generate_pictures,
                       generate_text_cached, left_pad, phrase_question, recommended_settings)
 
 
@@ -232,17 +235,24 @@ def bench_section(section, args):
 PICTURE_STEPS = 2
 
 
-def loading_job(step, directory):
-    """One step of the loading benchmark, in its own process: -> (seconds, result)."""
+def loading_job(step, directory, clip=False):
+    """One step of the loading benchmark, in its own process: -> (seconds, result).
+
+    clip: the CLIP-ViT variant's layout (directory/clip too): its tower is converted and
+    loaded with the rest, and answers the question."""
     directory = Path(directory)
     start = time.perf_counter()
     if step == "convert":
-        convert(directory / "showo", directory / "magvit", directory / "phi", directory / "showo.pt", "bf16")
+        convert(directory / "showo", directory / "magvit", directory / "phi", directory / "showo.pt", "bf16",
+                directory / "clip" if clip else None)
         result = f"{(directory / 'showo.pt').stat().st_size / 1e9:.2f} GB written"
     elif step.startswith("load"):
         dtype = torch.bfloat16 if step == "load bf16" else torch.float32
-        model, vq, _, _ = load_checkpoint(directory / "showo.pt", "cpu", dtype)
-        result = f"{sum(t.numel() * t.element_size() for t in [*model.state_dict().values(), *vq.state_dict().values()]) / 1e9:.2f} GB of weights"
+        networks = load_checkpoint(directory / "showo.pt", "cpu", dtype)[:2]
+        if clip:
+            networks += (load_vision_tower(directory / "showo.pt", "cpu", dtype),)
+        tensors = [t for network in networks for t in network.state_dict().values()]
+        result = f"{sum(t.numel() * t.element_size() for t in tensors) / 1e9:.2f} GB of weights"
     else:
         model, vq, text_tokenizer, extra = load_checkpoint(directory / "showo.pt", "cpu")
         start = time.perf_counter()
@@ -256,26 +266,35 @@ def loading_job(step, directory):
             result = (f"{tuple(vq.decode(codes).shape)} pixels after {PICTURE_STEPS} of "
                       f"{recommended_settings(extra, 't2i')['steps']} MaskGIT steps")
         else:
-            picture = torch.zeros(1, 3, vq.cfg.resolution, vq.cfg.resolution)
             question = phrase_question(text_tokenizer, model.cfg, extra["question_template"], "what is in the picture?")
-            answer = answer_questions(model, vq.encode(picture), [question], max_new_tokens=20)[0]
+            if clip:
+                tower = load_vision_tower(directory / "showo.pt", "cpu")
+                start = time.perf_counter()
+                pixels = torch.zeros(1, 3, tower.cfg.image_size, tower.cfg.image_size)
+                answer = answer_with_clip(model, tower, pixels, text_tokenizer.encode(extra["system_prompt"]),
+                                          [question], max_new_tokens=20)[0]
+            else:
+                picture = torch.zeros(1, 3, vq.cfg.resolution, vq.cfg.resolution)
+                answer = answer_questions(model, vq.encode(picture), [question], max_new_tokens=20)[0]
             result = f"{len(answer)} answer tokens"
     return time.perf_counter() - start, result, peak_rss_mb()
 
 
 def bench_loading(args):
     """Write the released layout at full size, then time convert, load, a picture and an answer."""
-    directory = Path(args.dir)
+    directory = Path(args.dir or ("out/released-random-clip" if args.clip else "out/released-random"))
     if not (directory / "showo" / "pytorch_model.bin").exists():
-        print(f"writing random weights of the released sizes to {directory} (about 6 GB) ...", flush=True)
-        write_released_layout(directory, Path(__file__).resolve().parent / "tests" / "fixtures" / "gpt2_bpe")
-    read = sum(f.stat().st_size for f in [directory / "showo" / "pytorch_model.bin",
-                                          directory / "magvit" / "model.safetensors"])
+        print(f"writing random weights of the released sizes to {directory} "
+              f"(about {7.4 if args.clip else 6.2} GB) ...", flush=True)
+        write_released_layout(directory, Path(__file__).resolve().parent / "tests" / "fixtures" / "gpt2_bpe",
+                              clip=args.clip)
+    files = [directory / "showo" / "pytorch_model.bin", directory / "magvit" / "model.safetensors"]
+    read = sum(f.stat().st_size for f in files + ([directory / "clip" / "model.safetensors"] if args.clip else []))
     print(f"released weights on disk: {read / 1e9:.2f} GB (float32)\n")
     print(f"{'step':<28} {'seconds':>8} {'peak RSS GiB':>12}  result")
     for step in ["convert", "load bf16", "load fp32", "picture", "answer"]:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            seconds, result, peak = pool.submit(loading_job, step, directory).result()
+            seconds, result, peak = pool.submit(loading_job, step, directory, args.clip).result()
         if step == "convert":
             result += f"; peak = {peak * 2 ** 20 / read:.2f}x the weights read (target <= 1.5x)"
         elif step.startswith("load"):
@@ -400,7 +419,10 @@ def main(argv=None):
     inference.add_argument("--no-cuda", action="store_true", help="skip the full-size CUDA section")
     loading = sub.add_parser("loading", help="random weights of the released sizes: convert, load, use "
                                              "(minutes, about 12 GB of memory and 10 GB of disk)")
-    loading.add_argument("--dir", default="out/released-random", help="where to write the released layout")
+    loading.add_argument("--dir", help="where to write the released layout (default: out/released-random, "
+                                       "with --clip out/released-random-clip)")
+    loading.add_argument("--clip", action="store_true",
+                         help="the CLIP-ViT variant (show-o-w-clip-vit + CLIP-L/14-336) instead")
     compare = sub.add_parser("compare", help="MaskGIT against raster-order drawing: speed and scores")
     compare.add_argument("--mtp", required=True, help="a train.py checkpoint (image_objective mtp)")
     compare.add_argument("--ar", required=True, help="the same recipe with --image-objective ar")

@@ -6,7 +6,9 @@ Show-o's weights come as three downloads (docs/checkpoints.md has the full layou
   transformer's weights in `pytorch_model.bin` (a torch pickle) or `*.safetensors`,
   possibly sharded with an `*.index.json`;
 * `showlab/magvitv2`: the image tokenizer, config.json and `*.safetensors`;
-* `microsoft/phi-1_5`: config.json (the transformer's sizes) and the BPE files.
+* `microsoft/phi-1_5`: config.json (the transformer's sizes) and the BPE files;
+* for the CLIP-ViT variant (`showlab/show-o-w-clip-vit`, config `w_clip_vit: true`) also
+  `openai/clip-vit-large-patch14-336`: its vision tower reads the pictures to understand.
 
 This file reads all of them and writes ONE file, the checkpoint that train.py writes and
 sampling.py reads. In order:
@@ -14,9 +16,11 @@ sampling.py reads. In order:
 1. `StoredTensor` and the two weight-file readers (safetensors and torch's zip pickle),
    both lazy: a tensor's bytes are read only when it is needed, one tensor at a time, so
    loading never holds two copies of the weights;
-2. `SHOWO_KEY_TABLE`, the one visible table from the released key names to ours;
-3. reading released folders (`load_released_showo`, `load_released_image_tokenizer`);
-4. the one-file checkpoint (`save_checkpoint`, `load_checkpoint`) and
+2. `SHOWO_KEY_TABLE` (and `CLIP_KEY_TABLE`), the visible tables from the released key
+   names to ours;
+3. reading released folders (`load_released_showo`, `load_released_image_tokenizer`,
+   `load_released_clip`);
+4. the one-file checkpoint (`save_checkpoint`, `load_checkpoint`, `load_vision_tower`) and
    `python checkpoint.py convert ...`, with what the authors' own inference uses:
    their question template and their sampling settings for each task.
 
@@ -36,12 +40,12 @@ import zipfile
 import zlib
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-from model import Showo, ShowoConfig
+from model import ClipConfig, ClipVisionTower, Showo, ShowoConfig
 from tokenizer import ImageTokenizer, ImageTokenizerConfig, TextTokenizer, read_json
 
 
@@ -418,7 +422,29 @@ SHOWO_KEY_TABLE = [
     ("showo.model.layers.{i}.mlp.fc2.{p}",                 "blocks.{i}.mlp.fc2.{p}"),
     ("showo.model.final_layernorm.{p}",                    "norm_f.{p}"),
     ("showo.lm_head.{p}",                                  "lm_head.{p}"),
+    ("mm_projector.{i}.{p}",                               "mm_projector.{i}.{p}"),   # CLIP-ViT variant only
 ]
+
+# The same for a CLIP download (transformers' CLIPModel names) -> model.ClipVisionTower.
+CLIP_KEY_TABLE = [
+    ("vision_model.embeddings.class_embedding",              "class_embedding"),
+    ("vision_model.embeddings.patch_embedding.weight",       "patch_embedding.weight"),
+    ("vision_model.embeddings.position_embedding.weight",    "position_embedding.weight"),
+    ("vision_model.pre_layrnorm.{p}",                        "pre_norm.{p}"),      # sic: CLIP's spelling
+    ("vision_model.encoder.layers.{i}.layer_norm1.{p}",      "layers.{i}.norm1.{p}"),
+    ("vision_model.encoder.layers.{i}.self_attn.q_proj.{p}", "layers.{i}.q.{p}"),
+    ("vision_model.encoder.layers.{i}.self_attn.k_proj.{p}", "layers.{i}.k.{p}"),
+    ("vision_model.encoder.layers.{i}.self_attn.v_proj.{p}", "layers.{i}.v.{p}"),
+    ("vision_model.encoder.layers.{i}.self_attn.out_proj.{p}", "layers.{i}.out.{p}"),
+    ("vision_model.encoder.layers.{i}.layer_norm2.{p}",      "layers.{i}.norm2.{p}"),
+    ("vision_model.encoder.layers.{i}.mlp.fc1.{p}",          "layers.{i}.fc1.{p}"),
+    ("vision_model.encoder.layers.{i}.mlp.fc2.{p}",          "layers.{i}.fc2.{p}"),
+]
+# Keys of a CLIP download that Show-o never uses: the text tower and the two projections
+# into CLIP's joint space, and the post-LayerNorm that comes after the features. (Older
+# downloads also store the position_ids buffer.)
+CLIP_UNUSED = ("text_model.", "text_projection.", "visual_projection.", "logit_scale",
+               "vision_model.post_layernorm.", "vision_model.embeddings.position_ids")
 
 
 def _template_regex(template):
@@ -440,6 +466,13 @@ def rename_keys(state_dict, table):
         else:
             unmatched.append(key)
     return renamed, unmatched
+
+
+def check_all_renamed(unmatched, directory, table):
+    """One line naming the keys no row of `table` (its name) knew: not this download, or a newer layout."""
+    if unmatched:
+        raise CheckpointError(f"{directory}: keys not in {table}: {unmatched[:10]}"
+                              f"{' ...' if len(unmatched) > 10 else ''}")
 
 
 def rename_released_keys(state_dict):
@@ -527,17 +560,11 @@ def config_from_released(showo_dir, phi_dir=None):
     phi = read_config(Path(phi_dir) / "config.json") if phi_dir else {}
     # A damaged or foreign config must fail here, in one line, not as a KeyError below or
     # a TypeError deep inside the model.
-    needed = [(showo, "showo", key) for key in ("llm_vocab_size", "codebook_size", "vocab_size", "num_vq_tokens")]
-    needed += [(phi, "phi", key) for key in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                                             "intermediate_size", "max_position_embeddings")
-               if phi.get(key) is not None]
-    for config, part, key in needed:
-        value = config.get(key)
-        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-            folder = showo_dir if part == "showo" else phi_dir
-            problem = f"has no {key}" if value is None else f"{key} is {value!r}, not a positive whole number"
-            raise CheckpointError(f"{Path(folder) / 'config.json'} {problem}: the file is damaged or not "
-                                  f"{part}'s; download it again")
+    require_sizes(showo, ("llm_vocab_size", "codebook_size", "vocab_size", "num_vq_tokens"),
+                  Path(showo_dir) / "config.json", "showo")
+    require_sizes(phi, [key for key in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                        "intermediate_size", "max_position_embeddings") if phi.get(key) is not None],
+                  Path(phi_dir or ".") / "config.json", "phi")
     size = dict(
         hidden_size=phi.get("hidden_size"), num_layers=phi.get("num_hidden_layers"),
         num_heads=phi.get("num_attention_heads"), intermediate_size=phi.get("intermediate_size"),
@@ -557,14 +584,102 @@ def config_from_released(showo_dir, phi_dir=None):
     return cfg
 
 
+def require_sizes(config, keys, path, whose):
+    """Each of `keys` in `config` a positive whole number, else one line naming the file."""
+    for key in keys:
+        value = config.get(key)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            problem = f"has no {key}" if value is None else f"{key} is {value!r}, not a positive whole number"
+            raise CheckpointError(f"{path} {problem}: the file is damaged or not {whose}'s; download it again")
+
+
+def is_clip_variant(showo_dir):
+    """Whether a Show-o folder is the CLIP-ViT variant: its config.json says `w_clip_vit: true`."""
+    return bool(read_config(Path(showo_dir) / "config.json").get("w_clip_vit"))
+
+
 def load_released_showo(showo_dir, phi_dir=None, dtype=None):
-    """A `Showo` with the released weights from showo_dir (and Phi's config from phi_dir)."""
+    """A `Showo` with the released weights from showo_dir (and Phi's config from phi_dir).
+
+    The CLIP-ViT variant also holds `mm_projector`; the width of the CLIP features it takes
+    is read from its first layer's weight, (hidden, clip width).
+    """
     cfg = config_from_released(showo_dir, phi_dir)
-    renamed, unmatched = rename_released_keys(read_weights(showo_dir))
-    if unmatched:
-        raise CheckpointError(f"{showo_dir}: keys not in SHOWO_KEY_TABLE: {unmatched[:10]}"
-                              f"{' ...' if len(unmatched) > 10 else ''}")
+    state = read_weights(showo_dir)
+    if is_clip_variant(showo_dir):
+        projector = state.get("mm_projector.0.weight")
+        if projector is None or len(projector.shape) != 2:
+            raise CheckpointError(f"{showo_dir}: config.json says w_clip_vit but the weights hold no 2-d "
+                                  f"mm_projector.0.weight: the download is incomplete or not the CLIP-ViT variant")
+        cfg.clip_width = projector.shape[1]
+    renamed, unmatched = rename_released_keys(state)
+    check_all_renamed(unmatched, showo_dir, "SHOWO_KEY_TABLE")
     return fill(build_empty(Showo, cfg), renamed, showo_dir, dtype).eval()
+
+
+def released_clip_config(directory):
+    """ClipConfig from a CLIP download: config.json's `vision_config` and preprocessor_config.json.
+
+    Both the current (`{"shortest_edge": 336}`, `{"height": 336, "width": 336}`) and the older
+    (a bare 336, as openai/clip-vit-large-patch14-336 ships) preprocessing sizes are read.
+    """
+    directory = Path(directory)
+    raw = read_config(directory / "config.json")
+    if not raw:
+        raise CheckpointError(f"{directory}/config.json not found: pass the folder of the CLIP download "
+                              f"(openai/clip-vit-large-patch14-336)")
+    vision = raw.get("vision_config", raw)          # a CLIPVisionModel download has its sizes at the top
+    if not isinstance(vision, dict):
+        raise damaged(directory / "config.json", '"vision_config" is not an object')
+    sizes = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size",
+             "patch_size")
+    require_sizes(vision, sizes, directory / "config.json", "CLIP")
+    if vision.get("hidden_act", "quick_gelu") != "quick_gelu":
+        raise CheckpointError(f"{directory}/config.json: hidden_act {vision['hidden_act']!r}; this tower "
+                              f"implements CLIP's quick_gelu only")
+    if vision["num_hidden_layers"] < 2:
+        raise CheckpointError(f"{directory}/config.json: {vision['num_hidden_layers']} layer; Show-o reads "
+                              f"the features after the second-to-last layer, so it needs at least 2")
+    preprocessing = read_config(directory / "preprocessor_config.json")
+    if not preprocessing:
+        raise CheckpointError(f"{directory}/preprocessor_config.json not found: download the whole CLIP folder")
+    size, crop = preprocessing.get("size"), preprocessing.get("crop_size")
+    picture = {"size": size.get("shortest_edge") if isinstance(size, dict) else size,
+               "crop_size": crop.get("height") if isinstance(crop, dict) else crop}
+    require_sizes(picture, picture, directory / "preprocessor_config.json", "CLIP")
+    mean = preprocessing.get("image_mean", ClipConfig.image_mean)
+    std = preprocessing.get("image_std", ClipConfig.image_std)
+    if not all(isinstance(v, list | tuple) and len(v) == 3 and all(isinstance(x, int | float) for x in v)
+               for v in (mean, std)):
+        raise damaged(directory / "preprocessor_config.json", "image_mean and image_std are not 3 numbers each")
+    if picture["crop_size"] != vision["image_size"]:
+        raise CheckpointError(f"{directory}: preprocessor_config.json crops pictures to {picture['crop_size']} px "
+                              f"but the tower reads {vision['image_size']} px: the two files are of different "
+                              f"downloads")
+    return ClipConfig(image_size=vision["image_size"], patch_size=vision["patch_size"],
+                      hidden_size=vision["hidden_size"], num_layers=vision["num_hidden_layers"] - 1,
+                      num_heads=vision["num_attention_heads"], intermediate_size=vision["intermediate_size"],
+                      layer_norm_eps=vision.get("layer_norm_eps", 1e-5), resize_to=picture["size"],
+                      image_mean=tuple(mean), image_std=tuple(std))
+
+
+def load_released_clip(directory, width, dtype=None):
+    """The vision tower of a CLIP download, for a projector that takes `width`-wide features.
+
+    The width is checked against config.json before any weight is read. Only the vision
+    tower is read: the text tower's keys (CLIP_UNUSED) and the download's last layer, which
+    runs after the features Show-o reads, are left on disk.
+    """
+    cfg = released_clip_config(directory)
+    if cfg.hidden_size != width:
+        raise CheckpointError(f"{directory}: its CLIP features are {cfg.hidden_size} wide, but the Show-o "
+                              f"projector takes {width}: pass the CLIP download the variant was trained with "
+                              f"(openai/clip-vit-large-patch14-336)")
+    renamed, unmatched = rename_keys(read_weights(directory), CLIP_KEY_TABLE)
+    check_all_renamed([key for key in unmatched if not key.startswith(CLIP_UNUSED)], directory, "CLIP_KEY_TABLE")
+    last = f"layers.{cfg.num_layers}."
+    used = {name: stored for name, stored in renamed.items() if not name.startswith(last)}
+    return fill(build_empty(ClipVisionTower, cfg), used, directory, dtype).eval()
 
 
 def released_image_tokenizer_config(directory, num_vq_tokens=None):
@@ -617,7 +732,7 @@ RELEASED_CONFIGS = {
 }
 
 
-def write_released_layout(directory, gpt2_dir, seed=0):
+def write_released_layout(directory, gpt2_dir, seed=0, clip=False):
     """Random weights of the released sizes, written as the three downloads are laid out.
 
     directory/showo: config.json + pytorch_model.bin (our model's weights renamed through
@@ -625,13 +740,19 @@ def write_released_layout(directory, gpt2_dir, seed=0):
     model.safetensors; directory/phi: config.json + GPT-2's vocab.json and merges.txt
     (from gpt2_dir) + Phi-1.5's 38 whitespace tokens in added_tokens.json. A full-size
     test of loading that needs no download (bench.py loading); about 6.2 GB on disk.
+    clip=True: the CLIP-ViT variant instead (`w_clip_vit`, with `mm_projector`), and its
+    CLIP download in directory/clip (`write_released_clip`, 1.2 GB more).
     """
     directory = Path(directory)
     for part, config in RELEASED_CONFIGS.items():
         (directory / part).mkdir(parents=True, exist_ok=True)
+        config = {**config, "w_clip_vit": True} if part == "showo" and clip else config
         (directory / part / "config.json").write_text(json.dumps(config, indent=2))
     torch.manual_seed(seed)
     showo_cfg = config_from_released(directory / "showo", directory / "phi")
+    if clip:
+        showo_cfg.clip_width = ClipConfig().hidden_size
+        write_released_clip(directory / "clip", ClipConfig())
     renamed, _ = released_key_names(Showo(showo_cfg).state_dict())
     torch.save(renamed, directory / "showo" / "pytorch_model.bin")
     del renamed
@@ -641,6 +762,34 @@ def write_released_layout(directory, gpt2_dir, seed=0):
     whitespace = {" " * n: 50257 + 31 - n for n in range(31, 1, -1)}
     whitespace.update({"\t" * n: 50287 + 9 - n for n in range(9, 1, -1)})
     (directory / "phi" / "added_tokens.json").write_text(json.dumps(whitespace))
+
+
+def write_released_clip(directory, cfg):
+    """Random weights of a CLIP download with the tower `cfg` describes, in its layout.
+
+    config.json (`vision_config`, one layer more than cfg runs: the download's last one,
+    which Show-o never uses), preprocessor_config.json in the older format
+    openai/clip-vit-large-patch14-336 ships (bare sizes), and model.safetensors with the
+    vision tower's keys (CLIP_KEY_TABLE read right to left, plus the post-LayerNorm). The
+    text tower is left out: loading ignores it. Full size (the default ClipConfig): 1.2 GB.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vision = {"hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers + 1,
+              "num_attention_heads": cfg.num_heads, "intermediate_size": cfg.intermediate_size,
+              "image_size": cfg.image_size, "patch_size": cfg.patch_size, "layer_norm_eps": cfg.layer_norm_eps,
+              "hidden_act": "quick_gelu", "model_type": "clip_vision_model"}
+    (directory / "config.json").write_text(json.dumps({"architectures": ["CLIPModel"], "model_type": "clip",
+                                                       "vision_config": vision}, indent=2))
+    preprocessing = {"crop_size": cfg.image_size, "size": cfg.resize_to, "do_center_crop": True,
+                     "do_normalize": True, "do_resize": True, "feature_extractor_type": "CLIPFeatureExtractor",
+                     "image_mean": list(cfg.image_mean), "image_std": list(cfg.image_std), "resample": 3}
+    (directory / "preprocessor_config.json").write_text(json.dumps(preprocessing, indent=2))
+    tower = ClipVisionTower(replace(cfg, num_layers=cfg.num_layers + 1))
+    state, _ = rename_keys(tower.state_dict(), [(ours, theirs) for theirs, ours in CLIP_KEY_TABLE])
+    state["vision_model.post_layernorm.weight"] = torch.ones(cfg.hidden_size)
+    state["vision_model.post_layernorm.bias"] = torch.zeros(cfg.hidden_size)
+    write_safetensors(directory / "model.safetensors", state)
 
 
 # ----------------------------------------------------------------------------------------
@@ -654,6 +803,13 @@ CHECKPOINT_FORMAT = "showo-from-scratch/1"
 # and the answer ends at <|endoftext|>. The tiny models of train.py are trained on the
 # bare question, "{question}".
 RELEASED_QUESTION_TEMPLATE = "USER: \n{question} ASSISTANT:"
+
+# The CLIP-ViT variant asks as LLaVA does (inference_mmu.py, `w_clip_vit` branch): this
+# system prompt between <|mmu|> and <|soi|>, and after the picture LLaVA's "phi1.5"
+# conversation, stripped: "USER: {question} ASSISTANT:" (no newline, no <|endoftext|> before).
+RELEASED_SYSTEM_PROMPT = ("A chat between a curious user and an artificial intelligence assistant. "
+                          "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+RELEASED_CLIP_QUESTION_TEMPLATE = "USER: {question} ASSISTANT:"
 
 # The picture-drawing tasks; a checkpoint stores sampling settings for each.
 TASKS = ("t2i", "inpainting", "extrapolation")
@@ -670,8 +826,11 @@ RELEASED_SAMPLING = {
 }
 
 
-def save_checkpoint(path, model, vq, text_tokenizer, extra=None, dtype=None):
+def save_checkpoint(path, model, vq, text_tokenizer, extra=None, dtype=None, clip=None):
     """One file: both configs, both networks' weights, the text tokenizer, and `extra`.
+
+    clip: the CLIP-ViT variant's vision tower (model.ClipVisionTower), stored beside them
+    as "clip" and "clip_config" (read back by `load_vision_tower`).
 
     Everything is stored as plain containers and tensors, so it loads with
     torch.load(weights_only=True) as well as with load_checkpoint. "checksums" holds the
@@ -687,18 +846,16 @@ def save_checkpoint(path, model, vq, text_tokenizer, extra=None, dtype=None):
     def weights(module):
         return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).cpu()
                 for k, v in module.state_dict().items()}
-    showo, image_tokenizer = weights(model), weights(vq)
+    networks = {"showo": model, "vq": vq, **({"clip": clip} if clip is not None else {})}
+    states = {part: weights(network) for part, network in networks.items()}
     path = Path(path)
     temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         torch.save({
             "format": CHECKPOINT_FORMAT,
-            "showo_config": asdict(model.cfg),
-            "vq_config": asdict(vq.cfg),
-            "showo": showo,
-            "vq": image_tokenizer,
-            "checksums": {"showo": {k: crc32(v) for k, v in showo.items()},
-                          "vq": {k: crc32(v) for k, v in image_tokenizer.items()}},
+            **{f"{part}_config": asdict(network.cfg) for part, network in networks.items()},
+            **states,
+            "checksums": {part: {k: crc32(v) for k, v in state.items()} for part, state in states.items()},
             "text_tokenizer": text_tokenizer.to_dict(),
             "extra": extra or {},
         }, temporary)
@@ -727,16 +884,7 @@ def load_checkpoint(path, device="cpu", dtype=None):
     the file plus a randomly initialised copy. (Under `extra`, tensors such as a training
     run's optimizer state stay on disk until `materialize` reads them.)
     """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} not found: train one with `python train.py --tiny` "
-                              f"or convert the released weights with `python checkpoint.py convert`")
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder: give a checkpoint file (e.g. out/tiny.pt)")
-    blob = read_torch_file(path)
-    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a Show-o checkpoint of this project: "
-                              f"convert released weights with `python checkpoint.py convert`")
+    blob = read_checkpoint_file(path)
     cfg, vq_cfg = ShowoConfig.from_dict(blob["showo_config"]), ImageTokenizerConfig.from_dict(blob["vq_config"])
     check_grid(cfg, vq_cfg, path)
     checksums = blob.get("checksums", {})                # files written before checksums have none
@@ -747,14 +895,60 @@ def load_checkpoint(path, device="cpu", dtype=None):
     return model.eval(), vq.eval(), TextTokenizer.from_dict(blob["text_tokenizer"]), blob["extra"]
 
 
+def read_checkpoint_file(path):
+    """The dict save_checkpoint wrote, every tensor still on disk; one line for anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} not found: train one with `python train.py --tiny` "
+                              f"or convert the released weights with `python checkpoint.py convert`")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder: give a checkpoint file (e.g. out/tiny.pt)")
+    blob = read_torch_file(path)
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a Show-o checkpoint of this project: "
+                              f"convert released weights with `python checkpoint.py convert`")
+    return blob
+
+
+def load_vision_tower(path, device="cpu", dtype=None):
+    """The CLIP vision tower of a converted CLIP-ViT variant (the file's "clip" part).
+
+    Kept apart from load_checkpoint, whose four results every caller unpacks: only the
+    variant's understanding path needs it. The file is parsed again, which reads its list
+    of tensors, not their bytes.
+    """
+    blob = read_checkpoint_file(path)
+    if "clip" not in blob:
+        raise CheckpointError(f"{path} holds no CLIP vision tower: convert the CLIP-ViT variant with "
+                              f"`python checkpoint.py convert ... --clip DIR`")
+    tower = build_empty(ClipVisionTower, ClipConfig(**blob["clip_config"]))
+    return fill(tower, blob["clip"], path, dtype or torch.float32, device,
+                checksums=blob.get("checksums", {}).get("clip")).eval()
+
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def convert(showo_dir, magvit_dir, tokenizer_dir, out, dtype="fp32"):
-    """Released folders -> one checkpoint file, with the authors' inference settings."""
+def convert(showo_dir, magvit_dir, tokenizer_dir, out, dtype="fp32", clip_dir=None):
+    """Released folders -> one checkpoint file, with the authors' inference settings.
+
+    clip_dir: the CLIP download, needed by (and only by) the CLIP-ViT variant.
+    """
     check_writable_file(out, "--out")            # before minutes of reading, not after
+    showo_config = read_config(Path(showo_dir) / "config.json")   # {} when missing: load_released_showo says so
+    clip_variant = bool(showo_config.get("w_clip_vit"))
+    if clip_variant and clip_dir is None:
+        raise CheckpointError(f"{showo_dir} is the CLIP-ViT variant (config.json: w_clip_vit true): pass its "
+                              f"vision tower too, --clip DIR (openai/clip-vit-large-patch14-336)")
+    if clip_dir is not None and showo_config and not clip_variant:
+        raise CheckpointError(f"--clip {clip_dir}: {showo_dir} is not the CLIP-ViT variant (its config.json "
+                              f"has no w_clip_vit: true): drop --clip")
     print(f"reading Show-o from {showo_dir} ...")
     model = load_released_showo(showo_dir, tokenizer_dir, DTYPES[dtype])
+    clip = None
+    if clip_variant:
+        print(f"reading the CLIP vision tower from {clip_dir} ...")
+        clip = load_released_clip(clip_dir, model.cfg.clip_width, DTYPES[dtype])
     print(f"reading the MAGVIT-v2 image tokenizer from {magvit_dir} ...")
     vq = load_released_image_tokenizer(magvit_dir, model.cfg.num_vq_tokens, DTYPES[dtype])
     try:
@@ -766,14 +960,21 @@ def convert(showo_dir, magvit_dir, tokenizer_dir, out, dtype="fp32"):
                               f"the model only {model.cfg.llm_vocab_size} text ids: wrong tokenizer folder?")
     resolution = vq.cfg.resolution
     sampling = RELEASED_SAMPLING.get(resolution, RELEASED_SAMPLING[256 if resolution < 384 else 512])
+    # The CLIP variant asks its questions after a system prompt and in LLaVA's words.
+    asking = ({"question_template": RELEASED_CLIP_QUESTION_TEMPLATE, "system_prompt": RELEASED_SYSTEM_PROMPT}
+              if clip_variant else {"question_template": RELEASED_QUESTION_TEMPLATE})
     save_checkpoint(out, model, vq, text_tokenizer, extra={
-        "source": {"showo": str(showo_dir), "magvit": str(magvit_dir)},
-        "question_template": RELEASED_QUESTION_TEMPLATE,
+        "source": {"showo": str(showo_dir), "magvit": str(magvit_dir),
+                   **({"clip": str(clip_dir)} if clip_variant else {})},
+        **asking,
         "sampling": sampling,
-    })
+    }, clip=clip)
     params = sum(p.numel() for p in model.parameters())
+    understanding = "" if clip is None else (f"; understanding through a CLIP tower of "
+                                             f"{sum(p.numel() for p in clip.parameters()) / 1e6:.0f}M parameters "
+                                             f"({clip.cfg.num_features} features of {clip.cfg.image_size} px pictures)")
     print(f"wrote {out}: transformer {params / 1e6:.0f}M parameters in {dtype}, "
-          f"pictures of {resolution} px ({vq.cfg.grid_size}x{vq.cfg.grid_size} image tokens)")
+          f"pictures of {resolution} px ({vq.cfg.grid_size}x{vq.cfg.grid_size} image tokens){understanding}")
 
 
 def main(argv=None):
@@ -784,11 +985,13 @@ def main(argv=None):
     c.add_argument("--magvit", required=True, help="folder of showlab/magvitv2")
     c.add_argument("--tokenizer", required=True,
                    help="folder of microsoft/phi-1_5 (vocab.json, merges.txt, config.json)")
+    c.add_argument("--clip", help="folder of openai/clip-vit-large-patch14-336, for the CLIP-ViT variant "
+                                  "(showlab/show-o-w-clip-vit) only")
     c.add_argument("--out", default="showo.pt")
     c.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     args = parser.parse_args(argv)
     try:
-        convert(args.showo, args.magvit, args.tokenizer, args.out, args.dtype)
+        convert(args.showo, args.magvit, args.tokenizer, args.out, args.dtype, args.clip)
     except (UsageError, ValueError, OSError) as error:   # every one a one-line message, no traceback
         sys.exit(f"error: {error}")
 

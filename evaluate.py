@@ -357,13 +357,22 @@ def lfq_picture(vq, images):
     return sheet.numpy(), codes
 
 
-def show_lfq(ckpt, out, count=8):
-    """Draw how the image tokenizer of a checkpoint sees shapes-world pictures."""
+def show_lfq(ckpt, out, count=8, shift=0):
+    """Draw how the image tokenizer of a checkpoint sees shapes-world pictures.
+
+    shift: move every picture this many pixels to the right first (black comes in on the
+    left), and print how many codes that changes.
+    """
     _, vq, _, _ = load_checkpoint(ckpt)
     if vq.cfg.resolution != data.IMAGE_SIZE:
         raise UsageError(f"{ckpt}: its image tokenizer works at {vq.cfg.resolution} px, the shapes world is "
                          f"{data.IMAGE_SIZE} px: give a checkpoint from train.py")
-    images = np.stack([e.image for e in data.make_examples(count, seed=1234)])
+    images = np.stack([e.image for e in data.make_examples(count, seed=1234)])     # (B, H, W, 3)
+    if shift:
+        unshifted = data.encode_pictures(vq, images, "cpu")
+        images = np.concatenate([np.zeros_like(images[:, :, :shift]), images[:, :, :-shift]], axis=2)
+        changed = (data.encode_pictures(vq, images, "cpu") != unshifted).float().mean().item()
+        print(f"shifted {shift} px to the right: {changed:.0%} of the {unshifted.numel()} codes changed")
     sheet, codes = lfq_picture(vq, images)
     sheet = Image.fromarray(sheet)
     sheet.resize((sheet.width * 4, sheet.height * 4), Image.NEAREST).save(out)
@@ -388,6 +397,8 @@ def main(argv=None):
     lfq = sub.add_parser("lfq", help="draw pictures, their LFQ codes and their reconstructions")
     lfq.add_argument("--ckpt", required=True, help="a checkpoint from train.py (e.g. out/tiny.pt)")
     lfq.add_argument("--png", default="lfq.png")
+    lfq.add_argument("--shift", type=int, default=0, choices=range(0, 16), metavar="PIXELS",
+                     help="move the pictures this many pixels right first (0-15)")
     scores = sub.add_parser("scores", help="the held-out scores of a train.py checkpoint")
     scores.add_argument("--ckpt", required=True, help="a checkpoint from train.py (e.g. out/tiny.pt)")
     exit_with_one_line(run, parser.parse_args(argv))
@@ -398,7 +409,7 @@ def run(args):
     if args.command == "bpe":
         show_bpe(args.text)
     elif args.command == "lfq":
-        show_lfq(args.ckpt, check_output(args.png, "--png"))
+        show_lfq(args.ckpt, check_output(args.png, "--png"), shift=args.shift)
     else:
         model, vq, text_tokenizer, extra = load_checkpoint(args.ckpt)
         print(format_scores(evaluate(model, vq, text_tokenizer, scoring_of_checkpoint(extra))))

@@ -17,20 +17,23 @@ The only thing that tells the two apart inside the network is the attention mask
 2. the network: rotary embedding, QK-Norm attention, MLP, parallel Phi block, `Showo`,
    with an optional key/value cache for fast inference (`forward_with_cache`);
 3. the two losses, `ntp_loss` and `mtp_loss` (§3.2 "Training Objectives", Eq. 1 and 2);
-4. `python model.py`: where the released model's parameters are.
+4. the CLIP vision tower of the released CLIP-ViT variant (`ClipConfig`, `ClipVisionTower`),
+   whose continuous picture features replace MAGVIT-v2 codes for understanding;
+5. `python model.py`: where the released model's parameters are.
 
 Loading the released weights into this network is checkpoint.py's job.
 
 Read first: attention.py. Read next: data.py (what the tiny models learn from).
 """
 
+import argparse
 from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attention import attend, attend_explicit, mmu_attention_mask
+from attention import attend, attend_explicit, mmu_attention_mask, mmu_vit_attention_mask
 
 
 # ----------------------------------------------------------------------------------------
@@ -71,6 +74,9 @@ class ShowoConfig:
     layer_norm_eps: float = 1e-5
     max_position_embeddings: int = 2048
     dropout: float = 0.0
+    # The CLIP-ViT variant (showlab/show-o-w-clip-vit): the width of the CLIP features its
+    # `mm_projector` maps into the transformer. 0: no projector (the MAGVIT-only models).
+    clip_width: int = 0
 
     # The special ids follow from llm_vocab_size; [MASK] is the last id.
     @property
@@ -144,11 +150,13 @@ def apply_rotary(x, cos, sin):
 
 
 class QKNormAttention(nn.Module):
-    """Multi-head self-attention with QK-Norm (Show-o §3.2 "Architecture"; Dehghani et al. 2023).
+    """Multi-head self-attention with QK-Norm (Show-o §3.2 "Architecture").
 
-    Show-o normalises each head's queries and keys with a LayerNorm before RoPE. Without
-    it, mixing text and image objectives made the attention logits grow and training
-    diverge; with it the logits stay bounded.
+    Show-o normalises each head's queries and keys with a LayerNorm before RoPE. The paper
+    takes this from earlier work rather than measuring it itself: ViT-22B (Dehghani et al.
+    2023) found that attention logits grow without it and training diverges, and Chameleon
+    (2024) used it to keep mixed text-and-image training stable. With it the logits stay
+    bounded, whatever the scale of the projections.
     """
 
     def __init__(self, cfg):
@@ -232,6 +240,11 @@ class Showo(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.norm_f = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size)   # not tied to embed
+        if cfg.clip_width:
+            # CLIP features -> token embeddings: Linear, exact (erf) GELU, Linear (the released
+            # modeling_showo.py `mm_projector`; its keys keep their released names).
+            self.mm_projector = nn.Sequential(nn.Linear(cfg.clip_width, cfg.hidden_size), nn.GELU(),
+                                              nn.Linear(cfg.hidden_size, cfg.hidden_size))
         self.apply(self._init_weights)
 
     @staticmethod
@@ -247,26 +260,29 @@ class Showo(nn.Module):
         for block in self.blocks:
             block.attn.explicit = explicit
 
-    def forward(self, input_ids, allowed, position_ids=None, keep=None):
-        """input_ids (B, L) long, allowed (B, L, L) bool -> logits (B, L, V) float32.
+    def forward(self, inputs, allowed, position_ids=None, keep=None):
+        """inputs (B, L) ids (or (B, L, D) embeddings, see forward_with_cache), allowed (B, L, L)
+        bool -> logits (B, L, V) float32.
 
         Position ids default to 0 ... L-1 over the padded sequence (as in the reference).
         keep: optional (B, L) bool; then only those positions go through lm_head and the
         result is (K, V) for the K kept positions. Training uses it to skip the logits no
         loss looks at (with a vocabulary of 8k+ ids, the head is a large share of the work).
         """
-        batch, length = input_ids.shape
+        batch, length = inputs.shape[:2]
         if position_ids is None:
-            position_ids = torch.arange(length, device=input_ids.device).expand(batch, length)
-        hidden, _ = self.forward_with_cache(input_ids, allowed, position_ids)
+            position_ids = torch.arange(length, device=inputs.device).expand(batch, length)
+        hidden, _ = self.forward_with_cache(inputs, allowed, position_ids)
         if keep is not None:
             hidden = hidden[keep]                                         # (K, D)
         return self.lm_head(hidden).float()                               # (B, L, V) or (K, V)
 
-    def forward_with_cache(self, input_ids, allowed, position_ids, past=None):
+    def forward_with_cache(self, inputs, allowed, position_ids, past=None):
         """Run new tokens against the cached keys/values of earlier ones (fast inference).
 
-        input_ids (B, L) and position_ids (B, L) of the L new tokens; past: None, or one
+        inputs: the L new tokens' ids (B, L), or their embeddings (B, L, D) when some are not
+        tokens of the vocabulary (the CLIP variant's picture features); position_ids (B, L);
+        past: None, or one
         (k, v) per layer, each (B, H, P, hd), for P earlier tokens; allowed (B, L, P + L):
         the new tokens' rows of the full attention mask. Returns (hidden (B, L, D) after the
         final LayerNorm, present): present is past plus the new tokens, one (k, v) per
@@ -274,7 +290,7 @@ class Showo(nn.Module):
         over all of them gives, as long as no earlier row may look at a later piece.
         """
         cos, sin = rotary_cos_sin(position_ids, self.cfg.rotary_dim, self.cfg.rope_theta)
-        x = self.embed(input_ids)                                         # (B, L, D)
+        x = self.embed(inputs) if inputs.dim() == 2 else inputs           # (B, L, D)
         present = []
         for i, block in enumerate(self.blocks):
             x, keys_values = block(x, allowed, cos, sin, None if past is None else past[i])
@@ -292,6 +308,10 @@ class Showo(nn.Module):
     def understanding_mask(self, ids):
         """The omni-attention mask of understanding sequences (attention.mmu_attention_mask)."""
         return mmu_attention_mask(ids, self.cfg.pad_id, self.cfg.eoi_id)
+
+    def clip_understanding_mask(self, ids):
+        """The CLIP-ViT variant's mask (attention.mmu_vit_attention_mask)."""
+        return mmu_vit_attention_mask(ids, self.cfg.pad_id, self.cfg.soi_id, self.cfg.eoi_id)
 
     def next_token_logits(self, ids):
         """(B, L) understanding sequences -> (B, V) logits of token L, recomputing everything."""
@@ -385,7 +405,112 @@ def mtp_loss(logits, labels):
 
 
 # ----------------------------------------------------------------------------------------
-# 4. Looking at the network: python model.py
+# 4. The CLIP vision tower of the CLIP-ViT variant (showlab/show-o-w-clip-vit)
+# ----------------------------------------------------------------------------------------
+#
+# Show-o also released a variant that reads pictures for understanding through a frozen
+# CLIP ViT (Radford et al. 2021) instead of MAGVIT-v2 codes: continuous features, which keep
+# more of a picture than 8192 codes can (arXiv 2408.12528v7, §4 "Experiments", the ablation
+# on vision encoders and representations: CLIP-ViT's features understand best).
+# The tower is openai/clip-vit-large-patch14-336; the released code (models/clip_encoder.py)
+# runs it through transformers' CLIPVisionModel and keeps the hidden state after its
+# second-to-last layer, class token dropped: 24x24 = 576 features of 1,024 per picture.
+# modeling_showo.py's `mm_projector` (above, in Showo) maps them to the transformer's width;
+# attention.py lays them out in the sequence; sampling.py preprocesses the picture.
+
+@dataclass
+class ClipConfig:
+    """Sizes of the CLIP vision tower, and CLIP's picture preprocessing.
+
+    Defaults: openai/clip-vit-large-patch14-336, the tower of the released variant.
+    num_layers counts the layers that RUN: the features are taken after the second-to-last
+    layer of the download, so its last layer (and its post-LayerNorm) are never used and
+    not kept (the download's 24 layers -> 23 here).
+    """
+    # The picture (preprocessor_config.json and the tower's input): the shorter side resized
+    # to resize_to, the centre image_size x image_size cut out, then (x / 255 - mean) / std
+    # per channel; the tower cuts it into patch_size x patch_size patches.
+    image_size: int = 336
+    patch_size: int = 14
+    resize_to: int = 336
+    image_mean: tuple = (0.48145466, 0.4578275, 0.40821073)
+    image_std: tuple = (0.26862954, 0.26130258, 0.27577711)
+
+    @property
+    def num_features(self):
+        """P, the features per picture: one per patch."""
+        return (self.image_size // self.patch_size) ** 2
+
+    # The transformer over the patches.
+    hidden_size: int = 1024
+    num_layers: int = 23
+    num_heads: int = 16
+    intermediate_size: int = 4096
+    layer_norm_eps: float = 1e-5
+
+
+class ClipLayer(nn.Module):
+    """One pre-norm ViT layer: x + attn(ln1(x)), then + mlp(ln2(x)) (sequential, unlike Phi's).
+
+    Every patch sees every patch (no mask). The MLP uses CLIP's quick_gelu,
+    h * sigmoid(1.702 h), the sigmoid approximation of GELU the OpenAI weights were trained with.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        d = cfg.hidden_size
+        self.num_heads = cfg.num_heads
+        self.norm1 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.q, self.k, self.v, self.out = (nn.Linear(d, d) for _ in range(4))
+        self.norm2 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.fc1 = nn.Linear(d, cfg.intermediate_size)
+        self.fc2 = nn.Linear(cfg.intermediate_size, d)
+
+    def forward(self, x):
+        """x (B, T, C) -> (B, T, C)."""
+        batch, length, width = x.shape
+        h = self.norm1(x)
+        q, k, v = (proj(h).view(batch, length, self.num_heads, -1).transpose(1, 2)   # (B, H, T, C/H)
+                   for proj in (self.q, self.k, self.v))
+        attended = F.scaled_dot_product_attention(q, k, v)                           # (B, H, T, C/H)
+        x = x + self.out(attended.transpose(1, 2).reshape(batch, length, width))
+        h = self.fc1(self.norm2(x))                                                  # (B, T, I)
+        return x + self.fc2(h * torch.sigmoid(1.702 * h))
+
+
+class ClipVisionTower(nn.Module):
+    """Preprocessed pixels (B, 3, S, S) -> CLIP features (B, P, C), P = (S / patch)^2.
+
+    Patches are cut and embedded by one strided convolution without bias; a learned class
+    token goes first; learned absolute positions are added; then a LayerNorm BEFORE the
+    layers (CLIP's "pre_layrnorm"), and the layers. The class token is dropped at the end:
+    Show-o reads the P patch features only (the released models/clip_encoder.py,
+    `CLIPVisionTower.feature_select`: hidden_states[-2], then [:, 1:]).
+    """
+
+    def __init__(self, cfg: ClipConfig):
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.hidden_size
+        self.patch_embedding = nn.Conv2d(3, c, cfg.patch_size, stride=cfg.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(torch.zeros(c))
+        self.position_embedding = nn.Embedding(cfg.num_features + 1, c)
+        self.pre_norm = nn.LayerNorm(c, eps=cfg.layer_norm_eps)
+        self.layers = nn.ModuleList(ClipLayer(cfg) for _ in range(cfg.num_layers))
+
+    def forward(self, pixels):
+        weight = self.patch_embedding.weight
+        patches = self.patch_embedding(pixels.to(weight.dtype)).flatten(2).transpose(1, 2)   # (B, P, C)
+        first = self.class_embedding.expand(patches.shape[0], 1, -1)                         # (B, 1, C)
+        x = torch.cat([first, patches], dim=1) + self.position_embedding.weight             # (B, P + 1, C)
+        x = self.pre_norm(x)
+        for layer in self.layers:
+            x = layer(x)
+        return x[:, 1:]                                                                      # (B, P, C)
+
+
+# ----------------------------------------------------------------------------------------
+# 5. Looking at the network: python model.py
 # ----------------------------------------------------------------------------------------
 
 def parameter_table(cfg):
@@ -406,10 +531,13 @@ def parameter_table(cfg):
     ]
 
 
-def main():
+def main(argv=None):
     """Print where the released model's 1.45 billion parameters are."""
-    cfg = ShowoConfig.preset("showo-256")
-    print(f"Show-o (released size): hidden {cfg.hidden_size}, {cfg.num_layers} layers x {cfg.num_heads} heads "
+    parser = argparse.ArgumentParser(description="Where the parameters of a released Show-o are.")
+    parser.add_argument("--preset", choices=["showo-256", "showo-512"], default="showo-256",
+                        help="the 256 px or the 512 px release")
+    cfg = ShowoConfig.preset(parser.parse_args(argv).preset)
+    print(f"Show-o ({cfg.num_vq_tokens} image tokens a picture): hidden {cfg.hidden_size}, {cfg.num_layers} layers x {cfg.num_heads} heads "
           f"(head {cfg.head_dim}, rotary on its first {cfg.rotary_dim} channels), MLP {cfg.intermediate_size}, "
           f"vocabulary {cfg.vocab_size}")
     table = parameter_table(cfg)

@@ -48,7 +48,9 @@ def swap_in_exercise(path):
     spec.loader.exec_module(student)
     replaced = []
     for name, home in EXERCISES.items():
-        if not hasattr(student, name):
+        # only what the file itself defines: a name it imports (`from model import
+        # apply_rotary`) is the project's own and is not "yours"
+        if getattr(getattr(student, name, None), "__module__", None) != "student_exercise":
             continue
         original, mine = getattr(home, name), getattr(student, name)
         for module in PROJECT_MODULES:               # `from attention import x` made copies of the name

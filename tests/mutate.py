@@ -103,6 +103,55 @@ MUTATIONS = [
      "warm-up starts at a learning rate of 0"),
     ("train.py", 'rng = random.Random(f"{seed}/{rank}/{stage}/{step}")', 'rng = random.Random(f"{seed}/{rank}/{stage}")',
      "every step draws the same batch"),
+    # ---- the exercises of COURSE.md: the mistakes a student writes (exercises/) -------------
+    # lesson 1, merge_pair (also above: "a merge leaves its right half behind", first occurrence only)
+    ("tokenizer.py", "if i + 1 < len(sequence) and sequence[i] == pair[0]", "if sequence[i] == pair[0]",
+     "merge_pair reads past the end when the sequence ends with the pair's first item"),
+    # lesson 2, LookupFreeQuantizer (also above: bit order, commitment without straight-through)
+    ("tokenizer.py", "        return per_token - batch\n", "        return batch - per_token\n",
+     "LFQ entropy loss with its sign flipped"),
+    ("tokenizer.py", "batch = -(mean_q * mean_q.clamp_min(1e-12).log()).sum() / z.shape[1]",
+     "batch = -(mean_q * mean_q.clamp_min(1e-12).log()).sum()", "per-code batch entropy in nats per code, not per bit"),
+    # lesson 3, mmu_attention_mask (t2i: four above)
+    ("attention.py", "eoi_seen_before = (input_ids == eoi_id).cumsum(dim=1) - (input_ids == eoi_id).long()",
+     "eoi_seen_before = (input_ids == eoi_id).cumsum(dim=1)", "understanding prefix stops before <|eoi|>"),
+    ("attention.py", "pad_rows = causal[None] & is_pad[:, None, :]", "pad_rows = torch.zeros_like(causal[None] & is_pad[:, None, :])",
+     "[PAD] rows see nothing (softmax of an empty row)"),
+    # lesson 4, apply_rotary and QKNormAttention
+    ("model.py", "first, second = rot.chunk(2, dim=-1)", "first, second = rot[..., 0::2], rot[..., 1::2]",
+     "apply_rotary pairs channels 2i and 2i+1 (interleaved) instead of i and i+dim/2"),
+    ("model.py", "v = self.split_heads(self.v(x))  ", "v = apply_rotary(self.split_heads(self.v(x)), cos, sin)  ",
+     "rotary embedding applied to the values too"),
+    ("model.py", "k = torch.cat([past[0], k], dim=2)", "k = torch.cat([k, past[0]], dim=2)",
+     "cached keys put after the new ones"),
+    # lesson 5, ntp_loss and mtp_loss (also above: NTP without the shift, MTP on the visible tokens)
+    ("model.py", "return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),",
+     "return F.cross_entropy(logits[:, 1:].flatten(0, 1), labels[:, :-1].flatten(),",
+     "NTP predicts the previous token"),
+    ("model.py", "return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)",
+     "return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)",
+     "MTP shifted like NTP"),
+    ("model.py", "return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)",
+     "return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction=\"sum\")",
+     "MTP summed instead of averaged"),
+    # lesson 6, guide and maskgit_step (also above: adds uncond, most confident re-masked, schedule behind, random)
+    ("sampling.py", "return (1 + w) * cond_logits - w * uncond_logits",
+     "return uncond_logits + w * (cond_logits - uncond_logits)", "guidance that gives the unconditional logits at w = 0"),
+    ("sampling.py", "return (1 + w) * cond_logits - w * uncond_logits",
+     "return (1 - w) * cond_logits + w * uncond_logits", "guidance towards the unconditional prediction"),
+    ("sampling.py", "sampled = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(tokens.shape)",
+     "sampled = probs.argmax(-1)", "MaskGIT takes the argmax instead of sampling a code"),
+    ("sampling.py", "n_mask = torch.floor(n * mask_schedule(r)).long()", "n_mask = torch.ceil(n * mask_schedule(r)).long()",
+     "the paper's ceiling instead of the released floor"),
+    ("sampling.py", "torch.full_like(chosen_prob, math.inf)", "chosen_prob.log()",
+     "given tokens get no infinite confidence (they can be re-masked)"),
+    # lesson 7, CachedNextToken (also above: positions restart at 0)
+    ("sampling.py", "        self.length = total\n", "        self.length = seen\n", "the cache forgets how much it holds"),
+    ("sampling.py", "return self.model.logits(hidden[:, -1])", "return self.model.logits(hidden[:, 0])",
+     "the cache returns the first new token's logits, not the last"),
+    # lesson 8, prediction_targets (also above: t2i shifted, AR t2i not shifted)
+    ("train.py", "targets[:, :-1] = part.labels[:, 1:]", "targets[:, 1:] = part.labels[:, :-1]",
+     "NTP targets shifted the wrong way"),
 ]
 
 

@@ -10,6 +10,8 @@ import torch
 
 import attention
 
+pytestmark = pytest.mark.lesson3   # COURSE.md: `python -m pytest -q -m lesson3` checks that lesson's exercise
+
 PAD, SOI, EOI, T2I, MMU, BOS, WORD, IMG = 0, 1, 2, 3, 4, 5, 6, 7
 NAMES = {PAD: "[PAD]", SOI: "<soi>", EOI: "<eoi>", T2I: "<t2i>", MMU: "<mmu>", BOS: "BOS", WORD: "word", IMG: "img"}
 

@@ -1,8 +1,8 @@
 """COURSE.md: every lesson's command runs as written, and the figures it draws are real PNGs.
 
-Commands that need a trained checkpoint get a micro one in place of out/tiny.pt (it draws
-rough pictures, but the same code runs). Each command runs in a scratch folder, so the
-files it writes land there.
+The lessons use the shipped checkpoint assets/tiny.pt (the tiny run, seed 0). Each command
+runs in a scratch folder, so the files it writes land there. The shipped checkpoint itself
+is checked to draw and answer right.
 """
 
 import re
@@ -11,10 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-import train
+import data
+from checkpoint import load_checkpoint
+from sampling import answer_questions, generate_pictures, recommended_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,17 +43,15 @@ EXPECTED_FILES = {
     "lfq.png": (4 * (8 * 33 - 1), 4 * (3 * 32 + 4)),      # 8 pictures, 3 rows, 4x enlarged
     "masks/t2i_mask.png": None, "masks/mmu_mask.png": None, "masks/lm_mask.png": None,
     "out/micro/samples.png": None, "out/micro/curves.png": (2 * 420, 260),
-    "film.png": (4 * 4 * 34, 4 * 34),                       # 4 MaskGIT steps of the micro preset
-    "film_maskgit.png": (4 * 4 * 34, 4 * 34),
+    "film.png": (4 * 16 * 34, 4 * 34),                      # the 16 MaskGIT steps the tiny run stores
+    "film_maskgit.png": (4 * 16 * 34, 4 * 34),
 }
 
 
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory):
-    """A folder with out/tiny.pt (a micro checkpoint, 3 steps) and assets/."""
+    """An empty folder with assets/ (and so assets/tiny.pt) beside the commands."""
     folder = tmp_path_factory.mktemp("course")
-    train.main(["--preset", "micro", "--steps", "3", "--no-eval", "--out-dir", str(folder / "out")])
-    (folder / "out" / "micro.pt").rename(folder / "out" / "tiny.pt")
     (folder / "assets").symlink_to(ROOT / "assets")
     return folder
 
@@ -72,3 +74,19 @@ def test_the_lesson_command_runs_and_draws(scratch, title, command):
             assert path.is_file() and path.stat().st_size > 0, f"{command} did not write {name}"
             if size is not None:
                 assert Image.open(path).size == size, f"{name} is {Image.open(path).size}, expected {size}"
+
+
+def test_the_shipped_checkpoint_draws_and_answers_right():
+    """assets/tiny.pt, the checkpoint the lessons use: a prompt drawn right, a question answered."""
+    model, vq, text_tokenizer, extra = load_checkpoint(ROOT / "assets" / "tiny.pt")
+    assert extra["made_by"]["command"] == "python train.py --tiny" and extra["made_by"]["seed"] == 0
+    prompts = ["a red circle in the center", "a blue square at the top left"]
+    settings = recommended_settings(extra, "t2i")
+    codes = generate_pictures(model, [text_tokenizer.encode(p) for p in prompts], "mtp", settings,
+                              torch.Generator().manual_seed(0))
+    pictures = data.decode_codes(vq, codes)
+    assert [data.matches(picture, prompt) for picture, prompt in zip(pictures, prompts)] == [True, True]
+    example = np.array(Image.open(ROOT / "assets" / "example.png").convert("RGB"))
+    image_codes = data.encode_pictures(vq, example[None], "cpu")
+    [answer] = answer_questions(model, image_codes, [text_tokenizer.encode("what color is the circle?")])
+    assert text_tokenizer.decode(answer).strip() == "red"

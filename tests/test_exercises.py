@@ -5,10 +5,16 @@ operations) passes; a plausible wrong one fails, with a message that draws the r
 mask that is wrong.
 """
 
+import importlib.util
+import inspect
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from conftest import EXERCISES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,3 +77,45 @@ def test_a_wrong_version_fails_and_shows_the_wrong_row(tmp_path):
 def test_a_file_with_no_exercise_in_it_is_a_usage_error(tmp_path):
     result = run_exercise(tmp_path, "x = 1\n")
     assert result.returncode != 0 and "defines none of" in result.stdout + result.stderr
+
+
+# ---- the starting files of exercises/ ---------------------------------------------------
+
+STARTING_FILES = sorted((ROOT / "exercises").glob("[0-9][0-9]_*.py"))
+
+
+def load_starting_file(path):
+    spec = importlib.util.spec_from_file_location(f"starting_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_exercise_has_a_starting_file_and_every_lesson_one():
+    defined = {name for path in STARTING_FILES for name in vars(load_starting_file(path))
+               if name in EXERCISES and getattr(load_starting_file(path), name).__module__.startswith("starting_")}
+    assert defined == set(EXERCISES), f"exercises without a starting file: {set(EXERCISES) - defined}"
+    assert {path.name[:2] for path in STARTING_FILES} == {f"0{n}" for n in range(1, 9)}
+
+
+@pytest.mark.parametrize("path", STARTING_FILES, ids=[path.stem for path in STARTING_FILES])
+def test_a_starting_file_states_its_contract_and_its_check(path):
+    text = path.read_text()
+    lesson = int(path.name[:2])
+    assert f"-m lesson{lesson}" in text, "the starting file must give its lesson's check command"
+    assert "Contract" in text and "TODO" in text
+    module = load_starting_file(path)
+    [name] = [n for n in vars(module) if n in EXERCISES and getattr(module, n).__module__ == module.__name__]
+    exercise = getattr(module, name)
+    assert len(exercise.__doc__) > 300, f"{name}'s contract is too short to write it from"
+    with pytest.raises(NotImplementedError, match="TODO"):
+        exercise(*[None] * (len(inspect.signature(exercise).parameters)))
+
+
+def test_an_unfinished_starting_file_fails_its_lesson_check_with_its_todo(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "lesson6",
+                             "tests/test_sampling.py", "-k", "guidance"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "SHOWO_EXERCISE": str(ROOT / "exercises" / "06_guide.py")})
+    assert result.returncode != 0 and "TODO: write guide (lesson 6)" in result.stdout
+    assert "exercise: testing guide from" in result.stdout

@@ -15,6 +15,8 @@ from attention import lm_attention_mask, mmu_sequences
 from sampling import (CachedNextToken, CachedPromptT2I, FullRecomputeT2I, generate_image_codes,
                       generate_image_codes_ar, generate_text_cached, left_pad)
 
+pytestmark = pytest.mark.lesson7   # COURSE.md: `python -m pytest -q -m lesson7` checks that lesson's exercise
+
 TOLERANCE = 1e-4
 CAPTIONS = ["a red circle in the center", "a blue square"]     # ragged, both shorter than the slots
 QUESTIONS = ["what?", "what is it?", "how many shapes are there?"]   # ragged

@@ -16,6 +16,8 @@ from tokenizer import ImageTokenizerConfig, LookupFreeQuantizer
 from evaluate import ComputeMeter
 from train import PRESETS, Distributed, train_image_tokenizer
 
+pytestmark = pytest.mark.lesson2   # COURSE.md: `python -m pytest -q -m lesson2` checks that lesson's exercise
+
 THREE_BITS = ImageTokenizerConfig(z_channels=3)
 
 

@@ -18,6 +18,7 @@ def rotate(x, position, dim=4, base=10000.0):
     return apply_rotary(x.view(1, 1, 1, -1), cos, sin).flatten()
 
 
+@pytest.mark.lesson4
 def test_rotary_turns_channel_pairs_i_and_i_plus_half_by_position_times_frequency():
     """head_dim 8, rotary on the first 4 channels: frequencies 1 and 1/100 (base 10000).
 
@@ -32,6 +33,7 @@ def test_rotary_turns_channel_pairs_i_and_i_plus_half_by_position_times_frequenc
     assert torch.equal(rotate(e[0], 0), e[0])
 
 
+@pytest.mark.lesson4
 def test_rotary_scores_depend_only_on_the_distance():
     gen = torch.Generator().manual_seed(0)
     q, k = torch.randn(2, 8, generator=gen)
@@ -41,6 +43,7 @@ def test_rotary_scores_depend_only_on_the_distance():
     assert near.item() != pytest.approx((rotate(q, 7) @ rotate(k, 5)).item(), abs=1e-4)
 
 
+@pytest.mark.lesson4
 def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
     """LayerNorm on each head's q and k: scaling the q/k projections changes nothing.
 
@@ -64,6 +67,7 @@ def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
     assert torch.allclose(before, after, atol=1e-4)
 
 
+@pytest.mark.lesson5
 def test_ntp_loss_shifts_by_one_and_skips_ignore():
     """Position 0 predicts label 1 (class 0), position 1 predicts label 2 (class 1).
 
@@ -75,6 +79,7 @@ def test_ntp_loss_shifts_by_one_and_skips_ignore():
     assert ntp_loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.lesson5
 def test_mtp_loss_has_no_shift_and_counts_masked_places_only():
     """Only position 1 is masked (label 1): its logits (0, ln 3) give p = 3/4."""
     logits = torch.tensor([[[9.0, -9.0], [0.0, math.log(3)], [-9.0, 9.0]]])
@@ -82,6 +87,7 @@ def test_mtp_loss_has_no_shift_and_counts_masked_places_only():
     assert mtp_loss(logits, labels).item() == pytest.approx(math.log(4 / 3), rel=1e-6)
 
 
+@pytest.mark.lesson4
 def test_the_mlp_uses_phis_tanh_gelu():
     """Phi-1.5's activation is 'gelu_new', the tanh approximation; exact GELU differs by up
     to ~1e-3, too little for random-weight logits to show, so check the MLP itself."""

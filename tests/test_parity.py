@@ -79,6 +79,8 @@ def test_token_layout_matches_manifest(showo):
         assert ours[name] == value, f"{name}: ours {ours[name]} vs manifest {value}"
 
 
+@pytest.mark.lesson3
+@pytest.mark.lesson4
 def test_t2i_mask_and_logits(ref, showo):
     cfg, ids = showo.cfg, ref["t2i.input_ids"]
     allowed = t2i_attention_mask(ids, cfg.pad_id, cfg.soi_id, cfg.eoi_id)
@@ -88,6 +90,7 @@ def test_t2i_mask_and_logits(ref, showo):
         assert_close_on_real_tokens(showo(ids, allowed), ref["t2i.logits"], ids, cfg.pad_id)
 
 
+@pytest.mark.lesson6
 def test_classifier_free_guidance_logits(ref, showo):
     cfg, cond, uncond = showo.cfg, ref["t2i.input_ids"], ref["cfg.uncond_input_ids"]
     w = ref["cfg.guidance_scale"].item()
@@ -101,6 +104,9 @@ def test_classifier_free_guidance_logits(ref, showo):
     assert worst <= TOLERANCE, f"max abs difference {worst:.2e}"
 
 
+@pytest.mark.lesson3
+@pytest.mark.lesson4
+@pytest.mark.lesson7
 @pytest.mark.parametrize("explicit", [False, True], ids=["sdpa", "explicit"])
 def test_mmu_mask_logits_and_greedy_answer(ref, showo, explicit):
     cfg, ids = showo.cfg, ref["mmu.input_ids"]
@@ -119,6 +125,8 @@ def test_mmu_mask_logits_and_greedy_answer(ref, showo, explicit):
     assert torch.equal(answer, expected), f"greedy {answer.tolist()} vs {expected.tolist()}"
 
 
+@pytest.mark.lesson3
+@pytest.mark.lesson4
 def test_lm_logits(ref, showo):
     cfg, ids = showo.cfg, ref["lm.input_ids"]
     with torch.no_grad():
@@ -126,6 +134,7 @@ def test_lm_logits(ref, showo):
     assert_close_on_real_tokens(logits, ref["lm.logits"], ids, cfg.pad_id)
 
 
+@pytest.mark.lesson2
 def test_image_tokenizer_encode_codes_decode(ref, vq):
     pixels = ref["vq.pixels"]
     with torch.no_grad():
@@ -137,6 +146,7 @@ def test_image_tokenizer_encode_codes_decode(ref, vq):
     assert worst <= TOLERANCE, f"decoded pixels off by {worst:.2e}"
 
 
+@pytest.mark.lesson6
 def test_mask_schedule(ref):
     assert torch.allclose(mask_schedule(ref["schedule.t"]), ref["schedule.cosine"], atol=1e-6)
 

@@ -18,6 +18,7 @@ from sampling import (FullRecomputeT2I, generate_image_codes, guide, mask_schedu
                       shift_codes, stitch_extension)
 
 
+@pytest.mark.lesson6
 def test_mask_schedule_endpoints():
     assert mask_schedule(0.0).item() == pytest.approx(1.0)
     assert mask_schedule(0.5).item() == pytest.approx(math.cos(math.pi / 4))
@@ -30,6 +31,7 @@ def test_mask_schedule_endpoints():
 MASKS_LEFT_64_TOKENS_8_STEPS = [62, 59, 53, 45, 35, 24, 12, 1]
 
 
+@pytest.mark.lesson6
 def test_each_step_leaves_the_scheduled_number_of_masks(micro):
     cfg = micro[0].cfg
     assert cfg.num_vq_tokens == 64
@@ -44,6 +46,7 @@ def test_each_step_leaves_the_scheduled_number_of_masks(micro):
     assert left == [[n] * 3 for n in MASKS_LEFT_64_TOKENS_8_STEPS]
 
 
+@pytest.mark.lesson6
 def test_known_tokens_are_never_masked_again_and_each_step_commits_one(micro):
     """With few unknowns the schedule would unmask nothing: every step still commits one token."""
     cfg = micro[0].cfg
@@ -57,6 +60,7 @@ def test_known_tokens_are_never_masked_again_and_each_step_commits_one(micro):
         assert (tokens[0, 3:] != cfg.mask_token_id).all()
 
 
+@pytest.mark.lesson6
 def test_each_step_commits_the_most_confident_guesses(micro):
     """MaskGIT's central idea: the tokens kept are the ones the model is surest of.
 
@@ -79,12 +83,27 @@ def test_each_step_commits_the_most_confident_guesses(micro):
     assert codes[0, sure].tolist() == [3, 3]
 
 
+@pytest.mark.lesson6
+def test_each_guess_is_sampled_not_the_argmax(micro):
+    """MaskGIT SAMPLES each guess from softmax(logits): flat logits give many different
+    codes, and another seed other codes. (The argmax would give code 0 everywhere.)"""
+    cfg = micro[0].cfg
+    tokens = torch.full((1, 64), cfg.mask_token_id)
+    flat = torch.zeros(1, 64, cfg.codebook_size)
+    first, _ = maskgit_step(tokens, flat, 0, 8, cfg, generator=torch.Generator().manual_seed(0))
+    second, _ = maskgit_step(tokens, flat, 0, 8, cfg, generator=torch.Generator().manual_seed(1))
+    assert first.unique().numel() > 16, "every guess is the same code: sample with torch.multinomial, not argmax"
+    assert not torch.equal(first, second), "two seeds gave the same guesses: the codes must be sampled"
+
+
+@pytest.mark.lesson6
 def test_steps_must_be_at_least_one(micro):
     model, _, text_tokenizer, _ = micro
     with pytest.raises(ValueError, match="at least one step"):
         generate_image_codes(model, [text_tokenizer.encode("a red circle")], steps=0)
 
 
+@pytest.mark.lesson6
 def test_guidance_is_one_plus_w_cond_minus_w_uncond(micro):
     model, _, text_tokenizer, _ = micro
     cfg = model.cfg
@@ -104,6 +123,7 @@ def test_guidance_is_one_plus_w_cond_minus_w_uncond(micro):
     assert torch.equal(guide(torch.tensor(2.0), torch.tensor(1.0), 2.5), torch.tensor(4.5))
 
 
+@pytest.mark.lesson6
 def test_inpainting_never_changes_a_given_token(micro):
     model, _, text_tokenizer, _ = micro
     cfg = model.cfg
@@ -117,6 +137,7 @@ def test_inpainting_never_changes_a_given_token(micro):
     assert ((codes >= 0) & (codes < cfg.codebook_size)).all()
 
 
+@pytest.mark.lesson6
 def test_same_seed_same_image(micro):
     model, _, text_tokenizer, _ = micro
     prompt = [text_tokenizer.encode("a green triangle in the center")]
@@ -125,6 +146,7 @@ def test_same_seed_same_image(micro):
     assert torch.equal(first, second)
 
 
+@pytest.mark.lesson7
 def test_batched_ragged_questions_match_one_at_a_time(micro):
     model, _, text_tokenizer, _ = micro
     cfg = model.cfg
@@ -166,6 +188,7 @@ def test_extension_puts_the_original_and_the_new_half_in_place(direction):
         assert np.array_equal(grown[4:], original) and np.array_equal(grown[:4], canvas[:4])
 
 
+@pytest.mark.lesson7
 def test_the_answer_loop_stops_each_row_at_eos():
     """Row 0 says EOS at its 2nd token, row 1 at its 4th: row 0 is padded with EOS, row 1 goes
     on, and the loop ends when every row is done, long before max_new_tokens."""
@@ -282,6 +305,7 @@ def test_bad_options_stop_before_any_work(micro, tmp_path, monkeypatch):
         assert message and expected in message and "\n" not in message, (args, message)
 
 
+@pytest.mark.lesson6
 def test_remasking_noise_compounds_as_in_the_released_sampler():
     """4 steps: the running temperature is multiplied by 0.75, 0.5, 0.25, 0 in turn."""
     assert [sampling.remasking_noise(1.0, step, 4) for step in range(4)] == [0.75, 0.375, 0.09375, 0.0]

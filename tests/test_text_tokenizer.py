@@ -16,6 +16,8 @@ import torch
 
 from tokenizer import EOS_TOKEN, TextTokenizer, apply_merges, bytes_to_unicode, merge_pair, pretokenize
 
+pytestmark = pytest.mark.lesson1   # COURSE.md: `python -m pytest -q -m lesson1` checks that lesson's exercise
+
 DEFAULT_BPE_DIR = Path(__file__).resolve().parent / "fixtures" / "gpt2_bpe"
 
 

@@ -36,6 +36,8 @@ def micro_batches(micro, scenes=64, seed=0, **changes):
                                  [enc(e.caption) for e in examples])
 
 
+@pytest.mark.lesson5
+@pytest.mark.lesson8
 def test_mixed_batch_layout_and_labels(micro):
     text_tokenizer = micro[2]
     cfg, tc, batches = micro_batches(micro, mmu_questions=1, mmu_answer_only=False)
@@ -59,6 +61,7 @@ def test_mixed_batch_layout_and_labels(micro):
         assert part.allowed.diagonal(dim1=1, dim2=2).all()
 
 
+@pytest.mark.lesson5
 def test_answer_only_labels_skip_the_question(micro):
     text_tokenizer = micro[2]
     _, _, batches = micro_batches(micro, mmu_questions=1, mmu_answer_only=True)
@@ -91,6 +94,8 @@ def test_several_answers_per_picture_give_the_logits_of_separate_rows(micro):
     assert checked >= 4
 
 
+@pytest.mark.lesson5
+@pytest.mark.lesson8
 def test_mixed_loss_equals_the_per_task_losses(micro):
     cfg, tc, batches = micro_batches(micro)
     model = Showo(cfg)
@@ -103,6 +108,7 @@ def test_mixed_loss_equals_the_per_task_losses(micro):
         assert losses[kind] == pytest.approx(ntp_loss(logits[kind], parts[kind].labels).item(), rel=1e-5)
 
 
+@pytest.mark.lesson5
 def test_a_recipe_without_plain_text_has_no_text_loss(micro):
     cfg, tc, batches = micro_batches(micro, batch_lm=0)
     parts = batches.batch(0)
@@ -123,6 +129,8 @@ def test_learning_rate_warms_up_then_decays():
     assert all(a >= b for a, b in zip(rates[10:], rates[11:])) and rates[-1] >= 0.1
 
 
+@pytest.mark.lesson5
+@pytest.mark.lesson8
 def test_training_loss_falls(micro):
     torch.manual_seed(0)
     cfg, tc, batches = micro_batches(micro)
@@ -136,6 +144,7 @@ def test_training_loss_falls(micro):
 
 # ---- counting the compute ----------------------------------------------------------------
 
+@pytest.mark.lesson5
 def test_flop_count_of_a_training_step_matches_a_hand_count():
     """2 FLOPs per multiply-add; backward = 2x forward for the linears, 2.5x for attention."""
     d, layers, vocab, batch, length = 16, 2, 40, 3, 10
@@ -341,6 +350,7 @@ def test_scores_count_right_and_wrong_pictures_and_answers(micro, monkeypatch):
 
 # ---- the autoregressive baseline (--image-objective ar) -------------------------------------
 
+@pytest.mark.lesson8
 def test_ar_rows_are_causal_over_the_picture_and_label_every_image_token(micro):
     cfg, _, batches = micro_batches(micro, image_objective="ar")
     t2i = batches.batch(0)["t2i"]
@@ -353,6 +363,7 @@ def test_ar_rows_are_causal_over_the_picture_and_label_every_image_token(micro):
     assert torch.equal(t2i.labels[:, -(n + 1):-1], t2i.ids[:, -(n + 1):-1])
 
 
+@pytest.mark.lesson8
 def test_ar_loss_is_ntp_loss_on_the_image_tokens(micro):
     cfg, tc, batches = micro_batches(micro, image_objective="ar")
     model = Showo(cfg)
@@ -364,6 +375,7 @@ def test_ar_loss_is_ntp_loss_on_the_image_tokens(micro):
     assert losses["t2i"] == pytest.approx(ntp_loss(logits, t2i.labels).item(), rel=1e-5)
 
 
+@pytest.mark.lesson8
 def test_an_ar_checkpoint_is_drawn_token_by_token_without_a_flag(tmp_path, monkeypatch):
     import sampling
     train.main(["--preset", "micro", "--image-objective", "ar", "--steps", "2", "--no-eval",
