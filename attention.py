@@ -266,6 +266,59 @@ def shared_picture_attention_mask(segments, is_pad):
 
 
 # ----------------------------------------------------------------------------------------
+# One rule for any interleaved sequence (Show-o §3.2 "Omni-Attention Mechanism", Fig. 5)
+# ----------------------------------------------------------------------------------------
+#
+# The masks above are three applications of ONE rule. Describe a sequence by its blocks:
+# block 0 is causal text; blocks 1, 2, ... are the bidirectional spans (a picture, from
+# <|soi|> to <|eoi|>; in understanding, the task token and the picture together). Then
+#     every token sees every earlier token, and a token of block k >= 1 also sees every
+#     token of block k, before or after it; padding is seen by nobody.
+# Any number of texts and pictures, in any order (a story: text, picture, text, picture,
+# ...), gets its mask from the same two lines. tests/test_attention.py checks that the
+# t2i, understanding and text masks are exactly this rule on their layouts.
+
+def omni_attention_mask(blocks, is_pad):
+    """The general omni-attention rule, (B, L, L) bool.
+
+    blocks (B, L) long: 0 for causal text, k >= 1 for the k-th bidirectional block (its
+    tokens must be contiguous); is_pad (B, L) bool.
+    """
+    causal = causal_mask(blocks.shape[1], blocks.device)[None]           # (1, L, L)
+    same_block = (blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] > 0)   # (B, L, L)
+    return _hide_padding(causal | same_block, is_pad)
+
+
+def blocks_of_layout(layout):
+    """A layout as a list of (kind, length) spans, kind "text" or "image" -> blocks (L,) long.
+
+    Each "image" span is a bidirectional block of its own (number 1, 2, ... in order);
+    "text" spans are block 0. E.g. [("text", 4), ("image", 6), ("text", 3), ("image", 6)].
+    """
+    blocks, count = [], 0
+    for kind, length in layout:
+        if kind not in ("text", "image"):
+            raise ValueError(f"layout span kind {kind!r}: use 'text' or 'image'")
+        count += kind == "image"
+        blocks += [count if kind == "image" else 0] * length
+    return torch.tensor(blocks)
+
+
+def picture_blocks(input_ids, soi_id, eoi_id, prefix_until_first_eoi=False):
+    """The blocks of sequences written with <|soi|> ... <|eoi|>, (B, L) long.
+
+    Each picture span (its boundary tokens included) is a block, numbered in order. With
+    prefix_until_first_eoi (understanding sequences), everything up to the first <|eoi|>,
+    the task token included, is block 1: the bidirectional prefix of Fig. 5(a).
+    """
+    numbered = (input_ids == soi_id).cumsum(dim=1) * image_span(input_ids, soi_id, eoi_id)   # (B, L)
+    if prefix_until_first_eoi:
+        before_first_eoi = ((input_ids == eoi_id).cumsum(dim=1) - (input_ids == eoi_id).long()) == 0
+        numbered = torch.where(before_first_eoi, torch.ones_like(numbered), numbered)
+    return numbered
+
+
+# ----------------------------------------------------------------------------------------
 # Using the masks
 # ----------------------------------------------------------------------------------------
 
@@ -324,24 +377,29 @@ EXAMPLE_NAMES = {0: "[PAD]", 1: "<soi>", 2: "<eoi>", 3: "<t2i>", 4: "<mmu>", 5: 
 
 
 def examples():
-    """The three rules on a toy vocabulary: (name, title, ids (1, L), mask (1, L, L))."""
+    """The masks on a toy vocabulary: (name, title, ids (1, L), mask (1, L, L))."""
     pad, soi, eoi, t2i, mmu, bos, word, img = range(8)
     t2i_ids = torch.tensor([[pad, pad, t2i, bos, word, word, bos, soi, img, img, img, eoi]])
     mmu_ids = torch.tensor([[mmu, soi, img, img, img, eoi, bos, word, word, word]])
     lm_ids = torch.tensor([[bos, word, word, word, bos, pad, pad]])
+    story_ids = torch.tensor([[bos, word, word, soi, img, img, eoi, word, word, soi, img, img, eoi,
+                               word, word, soi, img, img, eoi]])
     return [
         ("t2i", "t2i: causal caption, bidirectional image (pads hidden)",
          t2i_ids, t2i_attention_mask(t2i_ids, pad, soi, eoi)),
         ("mmu", "mmu: bidirectional <mmu>+image prefix, causal question/answer",
          mmu_ids, mmu_attention_mask(mmu_ids, pad, eoi)),
         ("lm", "lm: causal", lm_ids, lm_attention_mask(lm_ids, pad)),
+        ("story", "story: three pictures, each after its sentence (the general rule)",
+         story_ids, omni_attention_mask(picture_blocks(story_ids, soi, eoi), story_ids == pad)),
     ]
 
 
 def main(argv=None):
-    """Print the three masks as text, or with --png DIR draw them as pictures."""
-    parser = argparse.ArgumentParser(description="Show the three omni-attention masks.")
-    parser.add_argument("--png", type=Path, metavar="DIR", help="write t2i_mask.png, mmu_mask.png, lm_mask.png here")
+    """Print the masks as text, or with --png DIR draw them as pictures."""
+    parser = argparse.ArgumentParser(description="Show the omni-attention masks.")
+    parser.add_argument("--png", type=Path, metavar="DIR",
+                        help="write t2i_mask.png, mmu_mask.png, lm_mask.png and story_mask.png here")
     args = parser.parse_args(argv)
     for name, title, ids, allowed in examples():
         tokens = [EXAMPLE_NAMES[t] for t in ids[0].tolist()]
@@ -352,7 +410,7 @@ def main(argv=None):
             print(f"\n{title}\n")
             print(show_mask(allowed[0], tokens))
     if args.png:
-        print(f"wrote t2i_mask.png, mmu_mask.png and lm_mask.png to {args.png}")
+        print(f"wrote t2i_mask.png, mmu_mask.png, lm_mask.png and story_mask.png to {args.png}")
 
 
 if __name__ == "__main__":

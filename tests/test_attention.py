@@ -137,3 +137,50 @@ def test_fused_and_written_out_attention_agree(make):
     fused = attention.attend(q, k, v, allowed)
     explicit = attention.attend_explicit(q, k, v, allowed)
     assert torch.allclose(fused, explicit, atol=1e-5)
+
+
+# ---- one rule for every layout (attention.omni_attention_mask) ------------------------------
+
+# A two-picture story: a sentence, its picture, a sentence, its picture, padding.
+STORY_IDS = [BOS, WORD, SOI, IMG, EOI, WORD, SOI, IMG, EOI, PAD]
+STORY_MASK = """
+# . . . . . . . . .
+# # . . . . . . . .
+# # # # # . . . . .
+# # # # # . . . . .
+# # # # # . . . . .
+# # # # # # . . . .
+# # # # # # # # # .
+# # # # # # # # # .
+# # # # # # # # # .
+. . . . . . . . . #
+"""
+
+
+def test_the_general_rule_on_a_story_drawn_by_hand():
+    """Every token sees all earlier ones; a picture's tokens also see their whole picture,
+    never a later picture or later text; padding is seen by nobody."""
+    ids = torch.tensor([STORY_IDS])
+    blocks = attention.picture_blocks(ids, SOI, EOI)
+    assert blocks[0].tolist() == [0, 0, 1, 1, 1, 0, 2, 2, 2, 0]
+    assert_mask("story", attention.omni_attention_mask(blocks, ids == PAD)[0], STORY_MASK, STORY_IDS)
+
+
+@pytest.mark.parametrize("layout", ["t2i", "mmu", "lm"])
+def test_the_three_masks_are_the_general_rule_on_their_layouts(layout):
+    """t2i: the picture is the one block; understanding: <|mmu|> + picture is one block; text: none."""
+    rows = {"t2i": [T2I_IDS, T2I_IDS[2:] + [PAD, PAD]], "mmu": [MMU_IDS, [PAD, PAD] + MMU_IDS[:-2]],
+            "lm": [LM_IDS]}[layout]
+    ids = torch.tensor(rows)
+    special = {"t2i": attention.t2i_attention_mask(ids, PAD, SOI, EOI),
+               "mmu": attention.mmu_attention_mask(ids, PAD, EOI),
+               "lm": attention.lm_attention_mask(ids, PAD)}[layout]
+    blocks = attention.picture_blocks(ids, SOI, EOI, prefix_until_first_eoi=layout == "mmu")
+    assert torch.equal(attention.omni_attention_mask(blocks, ids == PAD), special)
+
+
+def test_a_layout_of_spans_gives_the_same_blocks_as_the_token_ids():
+    layout = [("text", 2), ("image", 3), ("text", 1), ("image", 3), ("text", 1)]
+    assert attention.blocks_of_layout(layout).tolist() == [0, 0, 1, 1, 1, 0, 2, 2, 2, 0]
+    with pytest.raises(ValueError, match="use 'text' or 'image'"):
+        attention.blocks_of_layout([("video", 2)])

@@ -19,7 +19,8 @@ from PIL import Image
 
 import sampling
 
-from attention import lm_attention_mask, mmu_attention_mask, mmu_sequences, t2i_attention_mask
+from attention import (lm_attention_mask, mmu_attention_mask, mmu_sequences, omni_attention_mask, picture_blocks,
+                       t2i_attention_mask)
 from checkpoint import (RELEASED_QUESTION_TEMPLATE, RELEASED_SAMPLING, CheckpointError, load_checkpoint,
                         load_released_image_tokenizer, load_released_showo, main, read_weights, write_safetensors)
 from model import SPECIAL_TOKENS, ShowoConfig
@@ -300,3 +301,15 @@ def test_bf16_on_cpu_matches_float32_and_answers_alike(ref, showo, tmp_path):
     assert clear.sum() >= 4, "too few steps with a clear winner to compare"
     assert torch.equal(low.argmax(-1)[clear], greedy[0][clear]), \
         f"bf16 picks {low.argmax(-1).tolist()} vs float32 {greedy[0].tolist()} (compared at {clear.tolist()})"
+
+
+@pytest.mark.parametrize("task", ["t2i", "mmu", "lm"])
+def test_the_general_omni_attention_rule_gives_the_reference_masks(ref, showo, task):
+    """attention.omni_attention_mask, on each task's layout, equals the published code's mask
+    on every real row (its pad rows follow its own convention; the fixture stores no text
+    mask, so text is compared with lm_attention_mask, itself checked by its logits)."""
+    cfg, ids = showo.cfg, ref[f"{task}.input_ids"]
+    blocks = picture_blocks(ids, cfg.soi_id, cfg.eoi_id, prefix_until_first_eoi=task == "mmu")
+    real = ids != cfg.pad_id
+    expected = ref[f"{task}.allowed"] if task != "lm" else lm_attention_mask(ids, cfg.pad_id)
+    assert torch.equal(omni_attention_mask(blocks, ~real)[real], expected[real])
