@@ -36,6 +36,7 @@ Read first: tokenizer.py. Read next: model.py (the transformer that uses these m
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -401,6 +402,8 @@ def main(argv=None):
     parser.add_argument("--png", type=Path, metavar="DIR",
                         help="write t2i_mask.png, mmu_mask.png, lm_mask.png and story_mask.png here")
     args = parser.parse_args(argv)
+    if args.png and args.png.exists() and not args.png.is_dir():
+        sys.exit(f"error: --png {args.png} is a file: give a folder for the pictures")
     for name, title, ids, allowed in examples():
         tokens = [EXAMPLE_NAMES[t] for t in ids[0].tolist()]
         if args.png:

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+import attention
 import bench
 import checkpoint
 import data
@@ -23,7 +24,7 @@ import sampling
 import train
 
 CLIS = {"sampling": sampling.main, "train": train.main, "convert": checkpoint.main, "bench": bench.main,
-        "evaluate": evaluate.main}
+        "evaluate": evaluate.main, "attention": attention.main}
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +149,8 @@ CASES = [
     ("evaluate", ["lfq", "--ckpt", "{tmp}/missing.pt"], "not found"),
     ("evaluate", ["scores", "--ckpt", "{converted}"], "not trained by train.py"),
     ("evaluate", ["lfq", "--ckpt", "{ckpt}", "--png", "{dir}"], "is a folder"),
+    # attention.py: the figures' folder
+    ("attention", ["--png", "{file}"], "is a file"),
     # checkpoint.py convert: the folders it is given (damaged contents: test_damaged_files.py)
     ("convert", ["convert", "--showo", "{tmp}/missing", "--magvit", "{dir}", "--tokenizer", "{dir}",
                  "--out", "{tmp}/c.pt"], "not found"),
