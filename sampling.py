@@ -34,7 +34,7 @@ Command line (one CLI for every task):
 A checkpoint trained with `train.py --image-objective ar` is drawn token by token in raster
 order instead (section 1b), the baseline Show-o is compared with.
 
-Read first: train.py. Read next: checkpoint.py (using the released weights).
+Read first: evaluate.py. Read next: checkpoint.py (using the released weights).
 """
 
 import argparse
