@@ -750,6 +750,9 @@ def check_against_model(session):
     if args.steps is not None and session.objective == "mtp" and args.steps > cfg.num_vq_tokens:
         raise UsageError(f"--steps {args.steps}: a picture has {cfg.num_vq_tokens} image tokens and every "
                          f"step commits at least one: give at most {cfg.num_vq_tokens}")
+    if args.top_k is not None and args.question is None and session.objective == "mtp":
+        raise UsageError("--top-k applies to answers and to a raster-order (ar) checkpoint's pictures; "
+                         "MaskGIT samples each token from all codes: drop --top-k")
     if args.top_k is not None:
         choices = cfg.llm_vocab_size if args.question is not None else cfg.codebook_size
         if args.top_k > choices:
