@@ -93,7 +93,10 @@ def build_model(section):
 
 
 def random_captions(cfg, count, generator):
-    """`count` captions of different lengths (12, 20, 28, ... tokens) of random text ids."""
+    """`count` captions of different lengths (12, 20, 28, ... tokens) of random text ids.
+
+    Speed depends on shapes, not on what the ids mean, so random ids (and random weights)
+    measure the real cost; different lengths exercise the padding the caches must handle."""
     return [torch.randint(cfg.llm_vocab_size, (12 + 8 * i,), generator=generator).tolist()
             for i in range(count)]
 
@@ -164,18 +167,22 @@ def measure(section, job, variant, args):
     """In a fresh process: build, warm up, time the job. -> (seconds, output, tokens, peak, work)."""
     model = build_model(section)
     cuda = section.device == "cuda"
+    # "work" memory is what the job adds on top of the built model.
     after_build = torch.cuda.memory_allocated() / 2 ** 20 if cuda else peak_rss_mb()
+    # A small warm-up first: the first call pays one-off costs (kernel selection, CUDA
+    # context, allocator growth) that are not the path being compared.
     JOBS[job](model, args, variant, small=True)
     best = None
     for _ in range(args.repeats):
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize()          # CUDA runs asynchronously: time only finished work
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         output, tokens = JOBS[job](model, args, variant, small=False)
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
+        # The best of several runs: on a shared machine other jobs only ever add time.
         best = seconds if best is None else min(best, seconds)
     peak = torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else peak_rss_mb()
     return best, output, tokens, peak, peak - after_build
@@ -232,7 +239,7 @@ def bench_section(section, args):
 # loading: the released sizes, written, converted, loaded and used (no download needed)
 # ----------------------------------------------------------------------------------------
 
-PICTURE_STEPS = 2
+PICTURE_STEPS = 2   # a full 18-step picture at 1.4B parameters takes minutes on a CPU
 
 
 def loading_job(step, directory, clip=False):
@@ -258,8 +265,8 @@ def loading_job(step, directory, clip=False):
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(0)
         if step == "picture":
-            # A full 18-step picture at 1.4B parameters takes minutes on a CPU; two steps
-            # time the per-step cost (each step is one guided forward pass of the same size).
+            # Two steps time the per-step cost (each step is one guided forward pass of the
+            # same size), so the whole picture's time is steps x that.
             settings = {**recommended_settings(extra, "t2i"), "steps": PICTURE_STEPS}
             codes = generate_pictures(model, [text_tokenizer.encode("a photo of a red fox in the snow")], "mtp",
                                       settings, generator)

@@ -13,6 +13,9 @@ Show-o's weights come as three downloads (docs/checkpoints.md has the full layou
 This file reads all of them and writes ONE file, the checkpoint that train.py writes and
 sampling.py reads. In order:
 
+0. what every command line of the project shares: `UsageError` (one line for the user,
+   never a traceback), `pick_device`, output paths checked before any work, and
+   `one_writer` (one training run per checkpoint file);
 1. `StoredTensor` and the two weight-file readers (safetensors and torch's zip pickle),
    both lazy: a tensor's bytes are read only when it is needed, one tensor at a time, so
    loading never holds two copies of the weights;
@@ -48,6 +51,11 @@ import torch
 from model import ClipConfig, ClipVisionTower, Showo, ShowoConfig
 from tokenizer import ImageTokenizer, ImageTokenizerConfig, TextTokenizer, read_json
 
+
+# ----------------------------------------------------------------------------------------
+# 0. What every command line shares: one-line errors, the device, outputs that are safe
+#    to write (checked before any work, one writer at a time)
+# ----------------------------------------------------------------------------------------
 
 class UsageError(Exception):
     """Bad input from the user: a file, a flag, a value. The message is one line that says

@@ -1,6 +1,9 @@
 """
 The data Show-o learns from in this repository.
 
+Show-o (arXiv 2408.12528v7, Appendix C "Training Pipeline") trains on ImageNet, large
+image-text corpora and instruction data; this file stands in for them at laptop scale.
+
 Most of this file is the "shapes world" (docs/shapes_world.md): a procedurally
 generated image-text world, small enough that a tiny Show-o trains on a laptop CPU in
 minutes, yet rich enough to exercise every part of the method. A scene is one or two

@@ -26,7 +26,7 @@ import math
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -139,14 +139,15 @@ class Scoring:
     draws: how many times each of the 90 one-object captions is drawn; two_object_prompts
     and scenes: how many two-object prompts and new pictures; objective and settings: the
     decoder ("mtp" MaskGIT or "ar") and its {"steps", "guidance", "temperature", "top_k"}.
+    No defaults: the values come from a recipe (train.scoring) or a checkpoint
+    (scoring_of_checkpoint), never from a second copy of them here.
     """
-    seed: int = 0
-    draws: int = 2
-    two_object_prompts: int = 200
-    scenes: int = 200
-    objective: str = "mtp"
-    settings: dict = field(default_factory=lambda: {"steps": 16, "guidance": 1.0, "temperature": 1.0,
-                                                    "top_k": None})
+    seed: int
+    draws: int
+    two_object_prompts: int
+    scenes: int
+    objective: str
+    settings: dict
 
 
 # What each score is: (the words printed after a run, the short label of charts and tables).

@@ -91,9 +91,13 @@ def load_starting_file(path):
     return module
 
 
+def defined_exercises(module):
+    """The exercise names a starting file defines itself (not those it imports)."""
+    return [name for name in vars(module) if name in EXERCISES and getattr(module, name).__module__ == module.__name__]
+
+
 def test_every_exercise_has_a_starting_file_and_every_lesson_one():
-    defined = {name for path in STARTING_FILES for name in vars(load_starting_file(path))
-               if name in EXERCISES and getattr(load_starting_file(path), name).__module__.startswith("starting_")}
+    defined = {name for path in STARTING_FILES for name in defined_exercises(load_starting_file(path))}
     assert defined == set(EXERCISES), f"exercises without a starting file: {set(EXERCISES) - defined}"
     assert {path.name[:2] for path in STARTING_FILES} == {f"0{n}" for n in range(1, 9)}
 
@@ -105,7 +109,7 @@ def test_a_starting_file_states_its_contract_and_its_check(path):
     assert f"-m lesson{lesson}" in text, "the starting file must give its lesson's check command"
     assert "Contract" in text and "TODO" in text
     module = load_starting_file(path)
-    [name] = [n for n in vars(module) if n in EXERCISES and getattr(module, n).__module__ == module.__name__]
+    [name] = defined_exercises(module)
     exercise = getattr(module, name)
     assert len(exercise.__doc__) > 300, f"{name}'s contract is too short to write it from"
     with pytest.raises(NotImplementedError, match="TODO"):
