@@ -116,6 +116,37 @@ def mmu_vit_sequences(system_ids, questions_ids, num_features, cfg):
     return torch.tensor([[cfg.pad_id] * (width - len(row)) + row for row in rows])
 
 
+def sentence_slots(text_ids, cfg):
+    """One sentence of a story: BOS sentence EOS, RIGHT-padded with [PAD] to max_text_len slots.
+
+    Too long: cut, and end with EOS. Fixed-width slots put every frame of a story at the
+    same positions whatever its sentences' lengths, as the t2i text slots do for the one
+    picture; right padding (unlike t2i's left) lets a writer append its sentence token by
+    token and fill the rest with [PAD] once it ends.
+    """
+    ids = [cfg.bos_token_id, *text_ids, cfg.eos_token_id]
+    if len(ids) > cfg.max_text_len:
+        ids = ids[:cfg.max_text_len - 1] + [cfg.eos_token_id]
+    return ids + [cfg.pad_id] * (cfg.max_text_len - len(ids))
+
+
+def story_sequence(sentences_ids, frames_tokens, cfg):
+    """A story (mixed-modality generation; docs/sequences.md), one id list:
+
+        <|t2v|>  [BOS s_1 EOS PAD..]  <|soi|> f_1 <|eoi|>  [BOS s_2 EOS PAD..]  <|soi|> f_2 <|eoi|> ...
+
+    sentences_ids: F id lists; frames_tokens: F (N,) lists of image ids (or [MASK]), one
+    per sentence, or one fewer (the story stops after a sentence). <|t2v|>, a task token
+    the released model never used, marks a story as <|t2i|> marks a picture's caption.
+    """
+    ids = [cfg.t2v_id]
+    for k, sentence in enumerate(sentences_ids):
+        ids += sentence_slots(sentence, cfg)
+        if k < len(frames_tokens):
+            ids += [cfg.soi_id, *frames_tokens[k], cfg.eoi_id]
+    return ids
+
+
 def lm_sequences(texts_ids, cfg, length):
     """Language-modelling sequences BOS text EOS, cut to `length`, right-padded with [PAD]."""
     rows = [[cfg.bos_token_id, *ids, cfg.eos_token_id][:length] for ids in texts_ids]
@@ -305,6 +336,13 @@ def blocks_of_layout(layout):
     return torch.tensor(blocks)
 
 
+def story_attention_mask(input_ids, pad_id, soi_id, eoi_id):
+    """The mask of a story (`story_sequence`), (B, L, L) bool: the general rule with each
+    frame, <|soi|> to <|eoi|>, a bidirectional block of its own. A sentence sees every
+    earlier frame whole; a frame sees the story before it and itself, never a later frame."""
+    return omni_attention_mask(picture_blocks(input_ids, soi_id, eoi_id), input_ids == pad_id)
+
+
 def picture_blocks(input_ids, soi_id, eoi_id, prefix_until_first_eoi=False):
     """The blocks of sequences written with <|soi|> ... <|eoi|>, (B, L) long.
 
@@ -374,17 +412,18 @@ def mask_picture(allowed, tokens, cell=22):
     return image
 
 
-EXAMPLE_NAMES = {0: "[PAD]", 1: "<soi>", 2: "<eoi>", 3: "<t2i>", 4: "<mmu>", 5: "BOS", 6: "word", 7: "img"}
+EXAMPLE_NAMES = {0: "[PAD]", 1: "<soi>", 2: "<eoi>", 3: "<t2i>", 4: "<mmu>", 5: "BOS", 6: "word", 7: "img",
+                 8: "<t2v>"}
 
 
 def examples():
     """The masks on a toy vocabulary: (name, title, ids (1, L), mask (1, L, L))."""
-    pad, soi, eoi, t2i, mmu, bos, word, img = range(8)
+    pad, soi, eoi, t2i, mmu, bos, word, img, t2v = range(9)
     t2i_ids = torch.tensor([[pad, pad, t2i, bos, word, word, bos, soi, img, img, img, eoi]])
     mmu_ids = torch.tensor([[mmu, soi, img, img, img, eoi, bos, word, word, word]])
     lm_ids = torch.tensor([[bos, word, word, word, bos, pad, pad]])
-    story_ids = torch.tensor([[bos, word, word, soi, img, img, eoi, word, word, soi, img, img, eoi,
-                               word, word, soi, img, img, eoi]])
+    frame, sentence = [soi, img, img, eoi], [bos, word, bos, pad]     # sentence slots of width 4
+    story_ids = torch.tensor([[t2v, *sentence, *frame, *sentence, *frame, *sentence, *frame]])
     return [
         ("t2i", "t2i: causal caption, bidirectional image (pads hidden)",
          t2i_ids, t2i_attention_mask(t2i_ids, pad, soi, eoi)),
@@ -392,7 +431,7 @@ def examples():
          mmu_ids, mmu_attention_mask(mmu_ids, pad, eoi)),
         ("lm", "lm: causal", lm_ids, lm_attention_mask(lm_ids, pad)),
         ("story", "story: three pictures, each after its sentence (the general rule)",
-         story_ids, omni_attention_mask(picture_blocks(story_ids, soi, eoi), story_ids == pad)),
+         story_ids, story_attention_mask(story_ids, pad, soi, eoi)),
     ]
 
 

@@ -455,6 +455,202 @@ def text_corpus(n: int, seed: int) -> list[str]:
 
 
 # -----------------------------------------------------------------------------
+# Stories: frames that change one thing at a time (mixed-modality generation)
+#
+# Show-o (arXiv 2408.12528v7, §1 "Introduction" and §4 "Experiments", the mixed-modality
+# results) writes text and draws pictures in turn. Here a story is two to four frames,
+# each with a sentence. The first sentence is the first frame's caption; every later
+# sentence says the ONE thing that changes from the frame before:
+#
+#     "a red circle at the top left"      (frame 1)
+#     "the red circle moves to the bottom right"
+#     "a blue square appears at the top left"
+#     "the red circle turns green"        (or "... disappears")
+#
+# The world's rules still hold in every frame (one or two objects; two objects in two
+# different grid cells; "center" only for a lone object). Two objects are also never the
+# same kind (colour and shape), so "the red circle" always names one object. A scene is
+# written here as a set of (colour, shape, place), what `describe` reads from pixels, so
+# the scorer can apply a sentence to the frame the model actually drew.
+
+STORY_FRAMES = (2, 4)     # a training story has this many frames, both ends included
+CHANGES = ("move", "recolour", "appear", "disappear")
+
+_KIND = "({}) ({})".format("|".join(COLOURS), "|".join(SHAPES))
+_PLACE_PHRASE = "|".join(re.escape(place.phrase) for place in PLACES.values())
+CHANGE_PATTERNS = {
+    "move": re.compile(f"the {_KIND} moves to the ({'|'.join(PLACES)})"),
+    "recolour": re.compile(f"the {_KIND} turns ({'|'.join(COLOURS)})"),
+    "appear": re.compile(f"a {_KIND} appears ({_PLACE_PHRASE})"),
+    "disappear": re.compile(f"the {_KIND} disappears"),
+}
+
+
+def change_sentence(change, colour, shape, value=None):
+    """The sentence of a change, e.g. ("move", "red", "circle", "top right") ->
+    'the red circle moves to the top right'. value: the new place (move, appear) or the
+    new colour (recolour); none for disappear."""
+    if change == "move":
+        return f"the {colour} {shape} moves to the {value}"
+    if change == "recolour":
+        return f"the {colour} {shape} turns {value}"
+    if change == "appear":
+        return f"a {colour} {shape} appears {PLACES[value].phrase}"
+    if change == "disappear":
+        return f"the {colour} {shape} disappears"
+    raise ValueError(f"unknown change {change!r}; expected one of {CHANGES}")
+
+
+def check_scene(scene):
+    """ValueError unless a set of (colour, shape, place) is a possible frame of a story."""
+    places = [place for _, _, place in scene]
+    kinds = {(colour, shape) for colour, shape, _ in scene}
+    if not 1 <= len(scene) <= 2:
+        raise ValueError(f"a frame holds one or two objects, not {len(scene)}")
+    if len(scene) == 2 and (len(set(places)) < 2 or "center" in places):
+        raise ValueError("two objects need two different grid cells, never the center")
+    if len(kinds) < len(scene):
+        raise ValueError("two objects of the same colour and shape could not be told apart")
+
+
+def apply_change(scene, sentence):
+    """The scene after one change sentence: a set of (colour, shape, place) -> a new set.
+
+    ValueError when the sentence is not a change sentence, names an object that is not in
+    the scene, changes nothing (a move to the same place, a colour it already has), or
+    would break the world's rules (check_scene)."""
+    sentence = sentence.strip()
+    for change, pattern in CHANGE_PATTERNS.items():
+        match = pattern.fullmatch(sentence)
+        if match:
+            break
+    else:
+        raise ValueError(f"not a change sentence: {sentence!r}; expected e.g. "
+                         "'the red circle moves to the top right'")
+    colour, shape, value = (*match.groups(), None)[:3]
+    named = [obj for obj in scene if obj[:2] == (colour, shape)]
+    if change == "appear":
+        if named:
+            raise ValueError(f"{sentence!r}: there already is a {colour} {shape}")
+        new = set(scene) | {(colour, shape, PHRASE_TO_PLACE[value])}
+    else:
+        if not named:
+            raise ValueError(f"{sentence!r}: there is no {colour} {shape} in the frame")
+        [(_, _, place)] = named
+        rest = set(scene) - set(named)
+        if change == "disappear":
+            new = rest
+        elif change == "move":
+            if value == place:
+                raise ValueError(f"{sentence!r}: it is already there")
+            new = rest | {(colour, shape, value)}
+        else:
+            if value == colour:
+                raise ValueError(f"{sentence!r}: it is already {colour}")
+            new = rest | {(value, shape, place)}
+    check_scene(new)
+    return frozenset(new)
+
+
+def possible_changes(scene):
+    """Every change sentence that applies to a scene, grouped by kind of change: {change: [sentence]}."""
+    candidates = {
+        "move": [change_sentence("move", c, s, place) for c, s, _ in scene for place in PLACES],
+        "recolour": [change_sentence("recolour", c, s, colour) for c, s, _ in scene for colour in COLOURS],
+        "appear": [change_sentence("appear", c, s, place) for c in COLOURS for s in SHAPES for place in GRID_PLACES],
+        "disappear": [change_sentence("disappear", c, s) for c, s, _ in scene],
+    }
+    possible = {}
+    for change, sentences in candidates.items():
+        for sentence in sentences:
+            try:
+                apply_change(scene, sentence)
+            except ValueError:
+                continue
+            possible.setdefault(change, []).append(sentence)
+    return possible
+
+
+def scene_kinds(objects) -> frozenset[tuple[str, str, str]]:
+    """A scene of ShapeObjects as the set of (colour, shape, place) that describe() reads."""
+    return frozenset((obj.colour, obj.shape, obj.place) for obj in objects)
+
+
+def realise(previous, scene, rng: random.Random) -> list[ShapeObject]:
+    """ShapeObjects for a new scene (a set of (colour, shape, place)) that keep the previous
+    frame's drawing wherever they can: an unchanged object keeps its pixels, a recoloured
+    one its box; a moved or new object gets a fresh random box in its cell."""
+    objects = []
+    for colour, shape, place in scene:
+        same = [o for o in previous if (o.colour, o.shape, o.place) == (colour, shape, place)]
+        recoloured = [o for o in previous if (o.shape, o.place) == (shape, place)]
+        if same or recoloured:
+            old = (same or recoloured)[0]
+            objects.append(ShapeObject(colour, shape, place, old.x, old.y, old.size))
+        else:
+            size = rng.randint(MIN_OBJECT_SIZE, MAX_OBJECT_SIZE)
+            xs, ys = corner_range(place, size)
+            objects.append(ShapeObject(colour, shape, place, rng.choice(xs), rng.choice(ys), size))
+    return canonical_order(objects)
+
+
+@dataclass
+class Story:
+    """A story: its frames' scenes, their pictures and one sentence per frame."""
+    scenes: list[list[ShapeObject]]
+    images: np.ndarray                # (F, 32, 32, 3) uint8
+    sentences: list[str]              # the first frame's caption, then one change per frame
+
+
+def random_story(rng: random.Random, frames: int | None = None) -> Story:
+    """A random story of `frames` frames (None: 2 to 4, with equal chance).
+
+    The first scene is a random one whose objects are different kinds; each next frame
+    applies one change, its kind (move, recolour, appear, disappear) drawn with equal
+    chance among those that are possible, then the sentence among that kind's."""
+    frames = frames or rng.randint(*STORY_FRAMES)
+    scene = random_scene(rng)
+    while len({(o.colour, o.shape) for o in scene}) < len(scene):
+        scene = random_scene(rng)
+    scenes, sentences = [scene], [caption(scene)]
+    for _ in range(frames - 1):
+        options = possible_changes(scene_kinds(scene))
+        sentence = rng.choice(options[rng.choice(sorted(options))])
+        scene = realise(scene, apply_change(scene_kinds(scene), sentence), rng)
+        scenes.append(scene)
+        sentences.append(sentence)
+    return Story(scenes, np.stack([render(s) for s in scenes]), sentences)
+
+
+def make_stories(n: int, seed: int, frames: int | None = None) -> list[Story]:
+    """n random stories; the same seed always gives the same list."""
+    rng = random.Random(seed)
+    return [random_story(rng, frames) for _ in range(n)]
+
+
+def check_story(images, sentences) -> list[tuple[bool, bool]]:
+    """Score a drawn story, frame by frame: [(sentence valid, frame right), ...].
+
+    Frame 1 is right when describe() reads exactly its sentence (a caption). For each
+    later frame, the sentence is valid when it is a change that can happen to the PREVIOUS
+    frame as drawn (read by describe), and the frame is right when it shows exactly that
+    frame with that change applied: the change happened, and nothing else changed. A
+    frame whose sentence is not valid is not right."""
+    results, previous = [], None
+    for k, (image, sentence) in enumerate(zip(images, sentences)):
+        found = find_objects(image)
+        seen = frozenset(found) if len(found) == len(set(found)) else None   # None: a duplicate object
+        try:
+            wanted = parse_caption(sentence) if k == 0 else apply_change(previous, sentence)
+            valid = True
+        except ValueError:
+            wanted, valid = None, False
+        results.append((valid, valid and seen == wanted))
+        previous = seen or frozenset()
+    return results
+
+
+# -----------------------------------------------------------------------------
 # Pixels <-> tensors
 
 def image_to_tensor(image) -> torch.Tensor:
@@ -489,6 +685,17 @@ def encode_pictures(vq, images, device, batch=256):
     """
     res = vq.cfg.resolution
     return torch.cat([vq.encode(pictures_to_tensor(images[i:i + batch], res).to(device)).cpu()
+                      for i in range(0, len(images), batch)])
+
+
+@torch.no_grad()
+def picture_features(network, images, device, batch=256):
+    """Continuous features (B, N, C) of uint8 pictures (B, H, W, 3), a chunk at a time.
+
+    network maps (b, 3, H, W) pixels in [-1, 1] to a (b, C, h, w) grid, N = h*w cells in
+    row-major order: the LFQ encoder before quantization (`vq.encoder`) or the contrastive
+    encoder's `features` (train.py `mmu_features`, the representation ablation)."""
+    return torch.cat([network(image_to_tensor(images[i:i + batch]).to(device)).flatten(2).transpose(1, 2).cpu()
                       for i in range(0, len(images), batch)])
 
 

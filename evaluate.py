@@ -14,7 +14,9 @@ train.py trains; this file measures, so that the recipe there reads top to botto
 3. Pictures of a run: the sample grid and the loss / score curves (PIL only).
 4. Looking inside the tokenizers (tokenizer.py): `python evaluate.py bpe "a red circle"`
    learns a BPE on shapes-world texts and shows its first merges; `python evaluate.py lfq
-   --ckpt out/tiny.pt` draws pictures, their LFQ codes and their reconstructions.
+   --ckpt out/tiny.pt` draws pictures, their LFQ codes and their reconstructions;
+   `python evaluate.py probe --ckpt out/tiny.pt` measures what a linear read-out finds in
+   the codes against the continuous features they quantize (COURSE.md lesson 10).
 
     python evaluate.py scores --ckpt out/tiny.pt      # the held-out scores of a checkpoint
 
@@ -27,6 +29,7 @@ import random
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -36,7 +39,8 @@ from torch.utils.flop_counter import (FlopCounterMode, flop_registry, register_f
 
 import data
 from checkpoint import UsageError, exit_with_one_line, load_checkpoint
-from sampling import answer_questions, check_output, generate_pictures, image_grid, recommended_settings
+from sampling import (CONTRASTIVE_NOT_SAVED, answer_questions, check_output, generate_pictures, generate_stories, image_grid,
+                      recommended_settings)
 from tokenizer import TextTokenizer, token_to_bytes
 
 
@@ -138,8 +142,9 @@ class Scoring:
     seed: the run's seed (the scored draws are seeded apart from its training data);
     draws: how many times each of the 90 one-object captions is drawn; two_object_prompts
     and scenes: how many two-object prompts and new pictures; objective and settings: the
-    decoder ("mtp" MaskGIT or "ar") and its {"steps", "guidance", "temperature", "top_k"}.
-    No defaults: the values come from a recipe (train.scoring) or a checkpoint
+    decoder ("mtp" MaskGIT or "ar") and its {"steps", "guidance", "temperature", "top_k"};
+    story_frames: 0, or the frames of each scored story (a story recipe is scored on
+    stories only: `story_scores`). No defaults: the values come from a recipe (train.scoring) or a checkpoint
     (scoring_of_checkpoint), never from a second copy of them here.
     """
     seed: int
@@ -148,6 +153,10 @@ class Scoring:
     scenes: int
     objective: str
     settings: dict
+    story_frames: int
+
+
+STORY_FRAMES_SCORED = 3     # a scored story: the opening's frame and two more
 
 
 # What each score is: (the words printed after a run, the short label of charts and tables).
@@ -158,6 +167,9 @@ SCORES = {
     "vqa": ("VQA (new pictures)", "VQA"),
     "caption": ("caption exact match (new pictures)", "captions"),
     "caption_novel": ("caption exact match (held-out pairings)", "captions, held-out pairs"),
+    "story_frames": ("story frames right", "story frames"),
+    "story_whole": ("whole stories right", "whole stories"),
+    "story_sentences": ("story sentences valid", "story sentences"),
 }
 
 
@@ -203,29 +215,58 @@ def t2i_match_rate(model, vq, text_tokenizer, prompts, scoring, batch=64):
 
 
 @torch.no_grad()
-def answer_accuracy(model, vq, text_tokenizer, examples, want_captions, batch=64):
-    """Exact-match rate of greedy answers: captions ('describe the image.') or the other questions."""
+def answer_accuracy(model, vq, text_tokenizer, examples, want_captions, reader=None, batch=64):
+    """Exact-match rate of greedy answers: captions ('describe the image.') or the other questions.
+
+    reader: None (the model reads codes), or uint8 pictures -> (B, N, C) continuous features
+    (train.picture_reader)."""
     device = next(model.parameters()).device
     asked = [(e, q, a) for e in examples for q, a in e.qa if (q == "describe the image.") == want_captions]
     hits = 0
     for i in range(0, len(asked), batch):
         chunk = asked[i:i + batch]
-        codes = data.encode_pictures(vq, np.stack([e.image for e, _, _ in chunk]), device).to(device)
-        answers = answer_questions(model, codes, [text_tokenizer.encode(q) for _, q, _ in chunk],
+        images = np.stack([e.image for e, _, _ in chunk])
+        pictures = (reader(images) if reader else data.encode_pictures(vq, images, device)).to(device)
+        answers = answer_questions(model, pictures, [text_tokenizer.encode(q) for _, q, _ in chunk],
                                    max_new_tokens=model.cfg.max_text_len)
         hits += sum(text_tokenizer.decode(ids).strip() == a for ids, (_, _, a) in zip(answers, chunk))
     return hits / max(1, len(asked))
 
 
-def evaluate(model, vq, text_tokenizer, scoring):
-    """All six held-out scores, {name in SCORES: fraction right}."""
+@torch.no_grad()
+def story_scores(model, vq, text_tokenizer, scoring, batch=45):
+    """Stories from the 90 one-object captions, story_frames frames each, scored by
+    data.check_story: {"story_frames": frames right, "story_whole": stories with every
+    frame right, "story_sentences": written sentences (frame 2 on) that are valid}."""
+    openings = data.one_object_captions()
+    gen = torch.Generator(next(model.parameters()).device).manual_seed(scoring.seed)
+    results = []
+    for i in range(0, len(openings), batch):
+        chunk = openings[i:i + batch]
+        codes, written = generate_stories(model, [text_tokenizer.encode(p) for p in chunk], scoring.story_frames,
+                                          scoring.settings, gen)                      # (B, F, N)
+        pictures = data.decode_codes(vq, codes.flatten(0, 1)).reshape(*codes.shape[:2], *([data.IMAGE_SIZE] * 2), 3)
+        for opening, frames, sentences in zip(chunk, pictures, written):
+            sentences = [opening] + [text_tokenizer.decode(ids).strip() for ids in sentences]
+            results.append(data.check_story([as_world_picture(f) for f in frames], sentences))
+    return {"story_frames": float(np.mean([right for story in results for _, right in story])),
+            "story_whole": float(np.mean([all(right for _, right in story) for story in results])),
+            "story_sentences": float(np.mean([valid for story in results for valid, _ in story[1:]]))}
+
+
+def evaluate(model, vq, text_tokenizer, scoring, reader=None, draw=True):
+    """The held-out scores, {name in SCORES: fraction right}: the six of drawing and
+    understanding (the three of understanding only, without draw), or a story recipe's
+    three. reader: what understanding reads, as in answer_accuracy."""
     model.eval()
-    prompts = evaluation_prompts(scoring)
+    if scoring.story_frames:
+        return story_scores(model, vq, text_tokenizer, scoring)
+    prompts = evaluation_prompts(scoring) if draw else {}
     pictures, novel_pictures = evaluation_pictures(scoring)
     scores = {name: t2i_match_rate(model, vq, text_tokenizer, prompts[name], scoring) for name in prompts}
-    scores["vqa"] = answer_accuracy(model, vq, text_tokenizer, pictures, want_captions=False)
-    scores["caption"] = answer_accuracy(model, vq, text_tokenizer, pictures, want_captions=True)
-    scores["caption_novel"] = answer_accuracy(model, vq, text_tokenizer, novel_pictures, want_captions=True)
+    scores["vqa"] = answer_accuracy(model, vq, text_tokenizer, pictures, False, reader)
+    scores["caption"] = answer_accuracy(model, vq, text_tokenizer, pictures, True, reader)
+    scores["caption_novel"] = answer_accuracy(model, vq, text_tokenizer, novel_pictures, True, reader)
     return scores
 
 
@@ -310,7 +351,8 @@ def curves_picture(history, scores):
     charts = [line_chart(losses, f"training losses ({smooth}-step average)", "steps", 0, round(top + 0.5))]
     if scores:
         tflop = [s["tflop"] for s in scores]
-        series = {label: (tflop, [100 * s[name] for s in scores]) for name, (_, label) in SCORES.items()}
+        series = {label: (tflop, [100 * s[name] for s in scores]) for name, (_, label) in SCORES.items()
+                  if name in scores[0]}
         charts.append(line_chart(series, "held-out scores (%)", "TFLOP", 0, 100))
     sheet = Image.new("RGB", (sum(c.width for c in charts), charts[0].height), "white")
     for i, chart in enumerate(charts):
@@ -319,7 +361,7 @@ def curves_picture(history, scores):
 
 
 # ----------------------------------------------------------------------------------------
-# 4. Looking inside the tokenizers: python evaluate.py bpe ... / lfq ...
+# 4. Looking inside the tokenizers: python evaluate.py bpe ... / lfq ... / probe ...
 # ----------------------------------------------------------------------------------------
 
 def show_bpe(text, vocab_size=512):
@@ -358,16 +400,22 @@ def lfq_picture(vq, images):
     return sheet.numpy(), codes
 
 
+def world_image_tokenizer(ckpt):
+    """The image tokenizer of a checkpoint, which must work at the shapes world's size."""
+    _, vq, _, _ = load_checkpoint(ckpt)
+    if vq.cfg.resolution != data.IMAGE_SIZE:
+        raise UsageError(f"{ckpt}: its image tokenizer works at {vq.cfg.resolution} px, the shapes world is "
+                         f"{data.IMAGE_SIZE} px: give a checkpoint from train.py")
+    return vq
+
+
 def show_lfq(ckpt, out, count=8, shift=0):
     """Draw how the image tokenizer of a checkpoint sees shapes-world pictures.
 
     shift: move every picture this many pixels to the right first (black comes in on the
     left), and print how many codes that changes.
     """
-    _, vq, _, _ = load_checkpoint(ckpt)
-    if vq.cfg.resolution != data.IMAGE_SIZE:
-        raise UsageError(f"{ckpt}: its image tokenizer works at {vq.cfg.resolution} px, the shapes world is "
-                         f"{data.IMAGE_SIZE} px: give a checkpoint from train.py")
+    vq = world_image_tokenizer(ckpt)
     images = np.stack([e.image for e in data.make_examples(count, seed=1234)])     # (B, H, W, 3)
     if shift:
         unshifted = data.encode_pictures(vq, images, "cpu")
@@ -381,13 +429,55 @@ def show_lfq(ckpt, out, count=8, shift=0):
           f"({len(codes.unique())} different ones of {vq.cfg.codebook_size}) and the reconstructions")
 
 
+def linear_probe(train_x, train_y, test_x, test_y, steps=300):
+    """Accuracy on (test_x, test_y) of a logistic regression fit on (train_x, train_y) by
+    full-batch Adam: how much of a label a LINEAR read-out finds in a representation."""
+    torch.manual_seed(0)
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    read = torch.nn.Linear(train_x.shape[1], int(train_y.max()) + 1)
+    opt = torch.optim.Adam(read.parameters(), lr=0.05)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(read((train_x - mean) / std), train_y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return (read((test_x - mean) / std).argmax(1) == test_y).float().mean().item()
+
+
+def show_probe(ckpt, pictures=2000):
+    """What can be read linearly from a picture's codes, and from the LFQ features they quantize?
+
+    One-object pictures; representations: the LFQ encoder's continuous features before
+    quantization (N cells x C channels), and their signs, which ARE the codes (the C bits
+    of each cell's code id). Labels: the object's colour, shape, place and size in pixels.
+    """
+    vq = world_image_tokenizer(ckpt)
+    examples = data.make_examples(pictures + pictures // 4, seed=4321, num_objects=1)
+    features = data.picture_features(vq.encoder, np.stack([e.image for e in examples]), "cpu").flatten(1)
+    labels = {"colour": [list(data.COLOURS).index(e.objects[0].colour) for e in examples],
+              "shape": [data.SHAPES.index(e.objects[0].shape) for e in examples],
+              "place": [list(data.PLACES).index(e.objects[0].place) for e in examples],
+              "size": [e.objects[0].size - data.MIN_OBJECT_SIZE for e in examples]}
+    print(f"linear probes on {pictures} one-object pictures, scored on {pictures // 4} others "
+          f"({features.shape[1]} numbers a picture: {vq.cfg.grid_size ** 2} cells x {vq.cfg.z_channels} channels)")
+    print(f"  {'label':<8} {'chance':>7} {'codes (signs)':>14} {'continuous':>11}")
+    for name, values in labels.items():
+        y = torch.tensor(values)
+        scores = [linear_probe(x[:pictures], y[:pictures], x[pictures:], y[pictures:])
+                  for x in (features.sign(), features)]
+        chance = torch.bincount(y[pictures:]).max().item() / len(y[pictures:])
+        print(f"  {name:<8} {chance:>7.0%} {scores[0]:>14.0%} {scores[1]:>11.0%}")
+
+
 def scoring_of_checkpoint(extra):
     """The Scoring a train.py checkpoint was scored with (its seed, sizes and sampling)."""
     stored = extra.get("train_config")
     if not stored:
         raise UsageError("this checkpoint was not trained by train.py on the shapes world: nothing to score")
     return Scoring(stored["seed"], stored["eval_draws"], stored["eval_prompts"], stored["eval_scenes"],
-                   extra.get("image_objective", "mtp"), recommended_settings(extra, "t2i"))
+                   extra.get("image_objective", "mtp"), recommended_settings(extra, "t2i"),
+                   STORY_FRAMES_SCORED if extra.get("stories") else 0)
 
 
 def main(argv=None):
@@ -400,6 +490,10 @@ def main(argv=None):
     lfq.add_argument("--png", default="lfq.png")
     lfq.add_argument("--shift", type=int, default=0, choices=range(0, 16), metavar="PIXELS",
                      help="move the pictures this many pixels right first (0-15)")
+    probe = sub.add_parser("probe", help="linear probes: what the codes keep of a picture, against the features")
+    probe.add_argument("--ckpt", required=True, help="a checkpoint from train.py (e.g. assets/tiny.pt)")
+    probe.add_argument("--pictures", type=int, default=2000, choices=range(20, 20001), metavar="N",
+                       help="pictures the probes are fitted on (20-20000; a quarter as many score them)")
     scores = sub.add_parser("scores", help="the held-out scores of a train.py checkpoint")
     scores.add_argument("--ckpt", required=True, help="a checkpoint from train.py (e.g. out/tiny.pt)")
     exit_with_one_line(run, parser.parse_args(argv))
@@ -411,9 +505,17 @@ def run(args):
         show_bpe(args.text)
     elif args.command == "lfq":
         show_lfq(args.ckpt, check_output(args.png, "--png"), shift=args.shift)
+    elif args.command == "probe":
+        show_probe(args.ckpt, args.pictures)
     else:
         model, vq, text_tokenizer, extra = load_checkpoint(args.ckpt)
-        print(format_scores(evaluate(model, vq, text_tokenizer, scoring_of_checkpoint(extra))))
+        scoring = scoring_of_checkpoint(extra)
+        features = extra.get("mmu_features", "codes")
+        if features == "contrastive":
+            raise UsageError(f"{args.ckpt} {CONTRASTIVE_NOT_SAVED}: its scores are stored in it (extra['scores'])")
+        reader = partial(data.picture_features, vq.encoder, device="cpu") if features == "lfq_continuous" else None
+        drawn = extra.get("train_config", {}).get("batch_t2i", 1) > 0
+        print(format_scores(evaluate(model, vq, text_tokenizer, scoring, reader, draw=drawn)))
 
 if __name__ == "__main__":
     main()

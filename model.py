@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attention import attend, attend_explicit, mmu_attention_mask, mmu_vit_attention_mask
+from attention import attend, attend_explicit, clip_feature_slots, mmu_attention_mask, mmu_vit_attention_mask
 
 
 # ----------------------------------------------------------------------------------------
@@ -89,6 +89,8 @@ class ShowoConfig:
     def t2i_id(self): return self.llm_vocab_size + SPECIAL_TOKENS.index("<|t2i|>")
     @property
     def mmu_id(self): return self.llm_vocab_size + SPECIAL_TOKENS.index("<|mmu|>")
+    @property
+    def t2v_id(self): return self.llm_vocab_size + SPECIAL_TOKENS.index("<|t2v|>")   # stories (attention.py)
     @property
     def mask_token_id(self): return self.vocab_size - 1
     @property
@@ -305,6 +307,16 @@ class Showo(nn.Module):
         """
         return F.linear(hidden, self.lm_head.weight[vocab], self.lm_head.bias[vocab]).float()
 
+    def embed_with_features(self, ids, features):
+        """(B, L) ids -> (B, L, D) embeddings, with (B, P, D) projected picture features in the
+        P places between the first <|soi|> and the first <|eoi|> of each row (which hold
+        placeholder ids): the CLIP-ViT variant, and the continuous-feature arms of the
+        representation ablation (train.py `mmu_features`)."""
+        embeddings = self.embed(ids)                                          # (B, L, D)
+        slots = clip_feature_slots(ids, self.cfg.soi_id, self.cfg.eoi_id)     # (B, L), P True per row
+        embeddings[slots] = features.reshape(-1, features.shape[-1]).to(embeddings.dtype)
+        return embeddings
+
     def understanding_mask(self, ids):
         """The omni-attention mask of understanding sequences (attention.mmu_attention_mask)."""
         return mmu_attention_mask(ids, self.cfg.pad_id, self.cfg.eoi_id)
@@ -507,6 +519,54 @@ class ClipVisionTower(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x[:, 1:]                                                                      # (B, P, C)
+
+
+# ----------------------------------------------------------------------------------------
+# 4b. A contrastive image encoder for the tiny world (the representation ablation)
+# ----------------------------------------------------------------------------------------
+#
+# The paper's ablation on vision encoders and representations (arXiv 2408.12528v7, §4
+# "Experiments") compares understanding from MAGVIT-v2's discrete codes, MAGVIT-v2's
+# continuous features and CLIP-ViT's continuous features. CLIP (Radford et al. 2021) is
+# trained on image-TEXT matching, never on reconstructing pixels. This is a CLIP of the
+# shapes world: a small convolutional image tower and a bag-of-words text tower, trained
+# so that a picture's embedding is closest to its own caption's among the batch (the
+# symmetric InfoNCE loss). Its 8x8 grid of features before pooling plays the part of
+# CLIP's patch features (train.py `--set mmu_features=contrastive`).
+
+class ContrastiveEncoder(nn.Module):
+    """Pictures (B, 3, 32, 32) in [-1, 1] -> an 8x8 grid of `width` features; captions ->
+    one embedding each, trained together with `contrastive_loss`."""
+
+    def __init__(self, vocab_size, width=64, embedding=64):
+        super().__init__()
+        self.features = nn.Sequential(                                      # 32 -> 16 -> 8 pixels a side
+            nn.Conv2d(3, width // 2, 3, padding=1), nn.GELU(),
+            nn.Conv2d(width // 2, width, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(width, width, 3, padding=1))
+        self.image_head = nn.Linear(width, embedding)
+        self.words = nn.EmbeddingBag(vocab_size, embedding, mode="mean")   # a caption = the mean of its tokens
+        self.text_head = nn.Linear(embedding, embedding)
+        self.log_scale = nn.Parameter(torch.tensor(2.66))                   # CLIP's start: log(1 / 0.07)
+
+    def grid(self, pixels):
+        """(B, 3, 32, 32) -> (B, 64, width): the features understanding reads (row-major cells)."""
+        return self.features(pixels).flatten(2).transpose(1, 2)
+
+    def embed_pictures(self, pixels):
+        return F.normalize(self.image_head(self.grid(pixels).mean(1)), dim=-1)      # (B, E)
+
+    def embed_captions(self, ids, offsets):
+        """Captions packed as one id list (`ids`) with each caption's start in `offsets`."""
+        return F.normalize(self.text_head(self.words(ids, offsets)), dim=-1)        # (B, E)
+
+    def contrastive_loss(self, pixels, ids, offsets):
+        """CLIP's symmetric InfoNCE: each picture must pick its own caption among the batch's,
+        and each caption its own picture."""
+        logits = self.log_scale.exp() * self.embed_pictures(pixels) @ self.embed_captions(ids, offsets).T   # (B, B)
+        target = torch.arange(len(logits), device=logits.device)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
 # ----------------------------------------------------------------------------------------

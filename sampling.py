@@ -13,6 +13,7 @@ two decoding procedures:
 * answers (captioning / VQA) are generated one token at a time, like any language model,
   under the understanding attention mask; the released CLIP-ViT variant reads the picture
   as CLIP features instead of image tokens (`answer_with_clip`).
+* stories (section 3b) alternate the two: a sentence, its frame, the next sentence, ...
 
 Each procedure comes two ways, with the same results: the simple one recomputes the whole
 sequence at every step (FullRecomputeT2I, Showo.generate_text; `--naive`), the fast one
@@ -29,6 +30,7 @@ Command line (one CLI for every task):
     python sampling.py --ckpt out/tiny.pt --image a.png --extend right --prompt "..." --out c.png
     python sampling.py --ckpt out/tiny.pt --image a.png --question "what shape is in the center?"
     python sampling.py --ckpt out/tiny.pt --prompt "a red circle in the center" --film film.png
+    python sampling.py --ckpt out/story/tiny.pt --story "a red circle at the top left" --frames 3 --out story.png
     python sampling.py ... --naive      (any of the above through the simple recomputing path)
 
 A checkpoint trained with `train.py --image-objective ar` is drawn token by token in raster
@@ -39,20 +41,21 @@ Read first: evaluate.py. Read next: checkpoint.py (using the released weights).
 
 import argparse
 import math
+import textwrap
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from attention import (clip_feature_slots, lm_attention_mask, mmu_sequences, mmu_vit_sequences, t2i_attention_mask,
-                       t2i_sequences)
+from attention import (lm_attention_mask, mmu_sequences, mmu_vit_sequences, story_attention_mask,
+                       story_sequence, t2i_attention_mask, t2i_sequences)
 from checkpoint import (RELEASED_SAMPLING, UsageError, check_writable_file, check_writable_folder, exit_with_one_line,
                         load_checkpoint, load_vision_tower, pick_device)
 from model import decode_text, pick_token
-from data import image_to_tensor, read_picture, resize_and_crop, tensor_to_image
+from data import image_to_tensor, picture_features, read_picture, resize_and_crop, tensor_to_image
 
 # Used when a checkpoint stores no settings of its own: the authors' 256 px text-to-image
 # settings (18 MaskGIT steps, guidance w = 1.75; checkpoint.RELEASED_SAMPLING has them all).
@@ -400,7 +403,7 @@ class CachedNextToken:
     token. Each new token keeps the position id and mask row it has in the full sequence.
 
     embed_prompt: optional (B, L) ids -> (B, L, D) embeddings, for a prompt that is not all
-    tokens (the CLIP variant's picture features, `embed_with_features`). Only the first call
+    tokens (the CLIP variant's picture features, `Showo.embed_with_features`). Only the first call
     runs the prompt, so only it uses embed_prompt; later calls add answer tokens, plain ids.
     """
 
@@ -440,20 +443,29 @@ def generate_text_cached(model, input_ids, max_new_tokens, temperature=0.0, top_
 
 
 @torch.no_grad()
-def answer_questions(model, image_codes, questions_ids, max_new_tokens=32, temperature=0.0,
+def answer_questions(model, pictures, questions_ids, max_new_tokens=32, temperature=0.0,
                      top_k=None, generator=None, naive=False):
     """(B, N) image codes + B question id lists -> B answer id lists (EOS removed).
 
-    naive: recompute the whole sequence for every token (Showo.generate_text) instead of
-    using the KV cache (same answers, slower).
+    pictures may also be (B, N, C) continuous features (a model trained with train.py's
+    `mmu_features` ablation): they go through model.mm_projector into the picture's N
+    places as embeddings, which hold [MASK] ids in the sequence. naive: recompute the
+    whole sequence for every token (Showo.generate_text) instead of using the KV cache
+    (same answers, slower).
     """
     cfg = model.cfg
-    check_image_codes(image_codes, cfg)
-    padded, lengths = mmu_sequences(image_codes + cfg.image_offset, questions_ids, cfg)
+    continuous = pictures.is_floating_point()
+    if continuous:
+        tokens = torch.full(pictures.shape[:2], cfg.mask_token_id, device=pictures.device)
+        embed = partial(model.embed_with_features, features=model.mm_projector(pictures))
+    else:
+        check_image_codes(pictures, cfg)
+        tokens, embed = pictures + cfg.image_offset, None
+    padded, lengths = mmu_sequences(tokens, questions_ids, cfg)
     rows = [row[:n] for row, n in zip(padded.tolist(), lengths)]
-    ids = left_pad(rows, cfg.pad_id).to(image_codes.device)
+    ids = left_pad(rows, cfg.pad_id).to(pictures.device)
     return decode_answers(model, ids, model.understanding_mask, max_new_tokens, temperature, top_k, generator,
-                          naive)
+                          naive, embed)
 
 
 def decode_answers(model, ids, mask_rule, max_new_tokens, temperature, top_k, generator, naive,
@@ -463,15 +475,6 @@ def decode_answers(model, ids, mask_rule, max_new_tokens, temperature, top_k, ge
     new = decode_text(next_logits, ids, max_new_tokens, model.cfg, temperature, top_k, generator, text_only=True)
     eos = model.cfg.eos_token_id
     return [row[:row.index(eos)] if eos in row else row for row in new.tolist()]
-
-
-def embed_with_features(model, features, ids):
-    """(B, L) ids -> (B, L, D) embeddings, the (B, P, D) CLIP features in the P places that
-    `mmu_vit_sequences` kept for them (between the first <|soi|> and <|eoi|>), in order."""
-    embeddings = model.embed(ids)                                         # (B, L, D)
-    slots = clip_feature_slots(ids, model.cfg.soi_id, model.cfg.eoi_id)   # (B, L), P True per row
-    embeddings[slots] = features.reshape(-1, features.shape[-1]).to(embeddings.dtype)
-    return embeddings
 
 
 @torch.no_grad()
@@ -488,7 +491,148 @@ def answer_with_clip(model, tower, pixels, system_ids, questions_ids, max_new_to
     features = model.mm_projector(tower(pixels).to(model.embed.weight.dtype))   # (B, P, D)
     ids = mmu_vit_sequences(system_ids, questions_ids, features.shape[1], model.cfg).to(pixels.device)
     return decode_answers(model, ids, model.clip_understanding_mask, max_new_tokens, temperature, top_k, generator,
-                          naive, partial(embed_with_features, model, features))
+                          naive, partial(model.embed_with_features, features=features))
+
+
+# ----------------------------------------------------------------------------------------
+# 3b. Stories: write a sentence, draw its frame, and again (mixed-modality generation)
+# ----------------------------------------------------------------------------------------
+#
+# Show-o (arXiv 2408.12528v7, §1 "Introduction" and the mixed-modality results of §4)
+# writes text and draws pictures in turn with the same network. A story here is
+# attention.story_sequence: <|t2v|>, then per frame a sentence in fixed slots and the
+# frame. Generation alternates the two decoding procedures above: MaskGIT for a frame,
+# next-token sampling for a sentence. Under the story mask (attention.story_attention_mask)
+# no token ever looks at a LATER one, except inside the frame being drawn, so one KV cache
+# serves the whole story:
+#   * while a frame is drawn, each MaskGIT step runs only <|soi|> frame <|eoi|> against
+#     the cached story before it (`peek`: CachedPromptT2I's prompt cache, generalised);
+#   * the finished frame joins the cache in one pass (`append`), with the next sentence's
+#     BOS, whose output is the first word's logits;
+#   * each word of a sentence joins the cache as it is written (CachedNextToken's way).
+
+
+class StorySoFar:
+    """The (B, L) ids of B stories so far, with every token's keys/values in one cache.
+
+    append(new) runs (B, T) new ids once against the cache; they join the story and their
+    keys/values join the cache. peek(new) runs them the same way but leaves the story as it
+    was (a frame still being drawn changes at every step). Both return the new tokens'
+    hidden states (B, T, D). naive: no cache; every call runs the whole story from its
+    first token (the same numbers, slower: tests/test_story.py checks the tokens agree).
+    """
+
+    def __init__(self, model, ids, naive=False):
+        self.model, self.cfg, self.naive = model, model.cfg, naive
+        self.ids, self.past = ids[:, :0], None
+        self.append(ids)
+
+    def run(self, new):
+        """(hidden (B, T, D) of the new tokens, the story with them, the cache with them)."""
+        full = torch.cat([self.ids, new], dim=1)                          # (B, L + T)
+        start = 0 if self.naive else self.ids.shape[1]
+        allowed = story_attention_mask(full, self.cfg.pad_id, self.cfg.soi_id, self.cfg.eoi_id)[:, start:]
+        positions = torch.arange(start, full.shape[1], device=full.device).expand(full.shape[0], -1)
+        hidden, present = self.model.forward_with_cache(full[:, start:], allowed, positions,
+                                                        None if self.naive else self.past)
+        return hidden[:, -new.shape[1]:], full, present
+
+    def peek(self, new):
+        return self.run(new)[0]
+
+    def append(self, new):
+        hidden, self.ids, present = self.run(new)
+        self.past = None if self.naive else present
+        return hidden
+
+
+def draw_frame(story, settings, generator):
+    """MaskGIT for the next frame of B stories, against the cached story -> (B, N) codes.
+
+    With guidance w (settings["guidance"]), the story's rows are B stories and then the same
+    B without their sentences (generate_stories), and each step's logits are guided
+    (1 + w) * told - w * untold (Eq. 12): the frame should follow the WORDS, beyond what
+    the earlier frames alone suggest. Training drops every sentence of some rows to teach
+    the untold story (train.MixedBatches.story)."""
+    cfg, w = story.cfg, settings["guidance"]
+    n, off = cfg.num_vq_tokens, cfg.image_offset
+    rows = story.ids.shape[0]
+    tokens = torch.full((rows // 2 if w else rows, n), cfg.mask_token_id, device=story.ids.device)   # (B, N)
+    codes = tokens - off
+    boundary = lambda token_id: torch.full((rows, 1), token_id, device=tokens.device)   # noqa: E731
+    for step in range(settings["steps"]):
+        frame = tokens.repeat(rows // len(tokens), 1)                                   # (rows, N)
+        hidden = story.peek(torch.cat([boundary(cfg.soi_id), frame, boundary(cfg.eoi_id)], dim=1))   # (rows, N + 2, D)
+        logits = story.model.logits(hidden[:, 1:-1], slice(off, off + cfg.codebook_size))          # (rows, N, K)
+        if w:
+            logits = guide(*logits.chunk(2), w)
+        codes, tokens = maskgit_step(tokens, logits, step, settings["steps"], cfg, settings["temperature"], generator)
+    return codes
+
+
+def write_sentence(story, hidden, temperature, generator, silent):
+    """The next sentence of the story's rows, sampled word by word; hidden (rows, D) is the
+    output of its BOS. Returns one id list per row (EOS removed). The sentence fills its
+    max_text_len slots: a finished row writes [PAD] (seen by nobody) while the others go on,
+    the last slot is always EOS, and the padding that is left joins the story in one pass.
+    silent (rows,) bool: rows that write nothing (an empty sentence, BOS EOS: the untold
+    stories of guidance)."""
+    cfg = story.cfg
+    done = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+    written = []
+    for slot in range(cfg.max_text_len - 1):                              # the slots after BOS
+        logits = story.model.logits(hidden, slice(0, cfg.llm_vocab_size))  # (rows, text ids)
+        token = pick_token(logits, temperature, None, generator)           # (rows,)
+        if slot == 0:
+            token = token.masked_fill(silent, cfg.eos_token_id)
+        if slot == cfg.max_text_len - 2:
+            token = torch.full_like(token, cfg.eos_token_id)
+        token = token.masked_fill(done, cfg.pad_id)
+        done |= token == cfg.eos_token_id
+        written.append(token)
+        if done.all():
+            break
+        hidden = story.append(token[:, None])[:, -1]
+    padding = torch.full((len(token), cfg.max_text_len - 1 - len(written)), cfg.pad_id, device=token.device)
+    story.append(torch.cat([token[:, None], padding], dim=1))
+    rows = torch.stack(written, dim=1).tolist()
+    return [row[:row.index(cfg.eos_token_id)] for row in rows]
+
+
+@torch.no_grad()
+def generate_stories(model, openings_ids, frames, settings, generator=None, first_codes=None, naive=False,
+                     text_temperature=1.0, progress=False):
+    """B stories of `frames` frames from their opening sentences -> (codes (B, F, N), B lists
+    of the F - 1 sentences written, as id lists).
+
+    first_codes: optional (B, N) codes of a given first frame (drawn otherwise). settings:
+    {"steps", "guidance", "temperature"} of MaskGIT. Sentences are sampled at
+    text_temperature (0: greedy). naive: recompute the whole story at every step
+    (StorySoFar). With guidance, B more rows tell the same stories without words.
+    """
+    cfg = model.cfg
+    device = next(model.parameters()).device
+    openings = with_unconditional(openings_ids, settings["guidance"])
+    prompt = torch.tensor([story_sequence([ids], [], cfg) for ids in openings], device=device)
+    silent = torch.arange(len(openings), device=device) >= len(openings_ids)   # the untold rows
+    story = StorySoFar(model, prompt, naive)
+    drawn, sentences = [], []
+    for k in tqdm(range(frames), desc="frames", disable=not progress, leave=False):
+        if k == 0 and first_codes is not None:
+            check_image_codes(first_codes, cfg)
+            codes = first_codes.to(device)
+        else:
+            codes = draw_frame(story, settings, generator)
+        drawn.append(codes)
+        if k == frames - 1:
+            break
+        rows = len(openings)
+        frame = [torch.full((rows, 1), cfg.soi_id, device=device), codes.repeat(rows // len(codes), 1) + cfg.image_offset,
+                 torch.full((rows, 2), cfg.eoi_id, device=device)]
+        frame[-1][:, 1] = cfg.bos_token_id                                # <|eoi|> BOS: the next sentence starts
+        hidden = story.append(torch.cat(frame, dim=1))[:, -1]              # the frame joins the cache in one pass
+        sentences.append(write_sentence(story, hidden, text_temperature, generator, silent)[:len(openings_ids)])
+    return torch.stack(drawn, dim=1), [list(row) for row in zip(*sentences)] or [[] for _ in openings_ids]
 
 
 # ----------------------------------------------------------------------------------------
@@ -550,6 +694,24 @@ def film_strip(frames, masked, grid, scale=4):
     return image_grid(frames, columns=t, scale=scale)
 
 
+def story_strip(frames, sentences, scale=4, width_chars=26):
+    """A story as one PIL picture: the frames (F, H, W, 3) uint8 in a row, enlarged, each
+    sentence under its frame in pillow's default font, wrapped to the frame's width."""
+    count, h, w, _ = frames.shape
+    cell = max(w * scale, 6 * width_chars) + 8
+    lines = [textwrap.wrap(sentence, width_chars) for sentence in sentences]
+    line_height = 12
+    sheet = Image.new("RGB", (count * cell, h * scale + 12 + line_height * max(map(len, lines))), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for k, (frame, text) in enumerate(zip(frames, lines)):
+        left = k * cell + (cell - w * scale) // 2
+        sheet.paste(Image.fromarray(frame).resize((w * scale, h * scale), Image.NEAREST), (left, 4))
+        for row, line in enumerate(text):
+            draw.text((k * cell + 4, h * scale + 8 + row * line_height), line, fill="black", font=font)
+    return sheet
+
+
 def image_grid(images, columns=None, scale=4):
     """Tile (B, H, W, 3) uint8 pictures into one enlarged PIL image (nearest-neighbour)."""
     b, h, w, _ = images.shape
@@ -603,7 +765,10 @@ class Session:
         dtype = torch.bfloat16 if self.device == "cuda" else None
         self.model, self.vq, self.text_tokenizer, self.extra = load_checkpoint(args.ckpt, self.device, dtype)
         # The CLIP-ViT variant understands pictures through its CLIP tower (it still draws with MAGVIT).
-        self.clip = load_vision_tower(args.ckpt, self.device, dtype) if self.model.cfg.clip_width else None
+        # (A train.py run with continuous mmu_features has a projector too, but no tower: it says
+        # what it reads in "mmu_features".)
+        released_clip = self.model.cfg.clip_width and "mmu_features" not in self.extra
+        self.clip = load_vision_tower(args.ckpt, self.device, dtype) if released_clip else None
         self.generator = torch.Generator(self.device).manual_seed(args.seed)
         # Which way the checkpoint draws pictures: MaskGIT (Show-o) or raster order (the AR baseline).
         self.objective = self.extra.get("image_objective", "mtp")
@@ -612,6 +777,14 @@ class Session:
         """An image file -> (1, N) codes, read at the size the image tokenizer works at."""
         picture = read_image(path, self.vq.cfg.resolution)
         return self.vq.encode(image_to_tensor(picture[None]).to(self.device))
+
+    def understand_image(self, path):
+        """What the model's understanding reads of an image file: (1, N) codes, or (1, N, C)
+        LFQ features before quantization for a model trained with mmu_features=lfq_continuous."""
+        if self.extra.get("mmu_features", "codes") == "codes":
+            return self.encode_image(path)
+        picture = read_image(path, self.vq.cfg.resolution)
+        return picture_features(self.vq.encoder, picture[None], self.device).to(self.device)
 
     def paint(self, task, prompts, known=None, on_step=None):
         """Draw pictures for `prompts` (uint8 (B, H, W, 3)), with this task's settings."""
@@ -675,13 +848,39 @@ def ask(session, image_path, question):
     temperature = (1.0 if args.temperature is None else args.temperature) if args.top_k or args.sample else 0.0
     settings = (args.max_new_tokens, temperature, args.top_k, session.generator, args.naive)
     if session.clip is None:
-        [answer] = answer_questions(session.model, session.encode_image(image_path), [question_ids], *settings)
+        [answer] = answer_questions(session.model, session.understand_image(image_path), [question_ids], *settings)
     else:
         system_ids = session.text_tokenizer.encode(session.extra.get("system_prompt", ""))
         pixels = clip_pixels(image_path, session.clip.cfg).to(session.device)
         [answer] = answer_with_clip(session.model, session.clip, pixels, system_ids, [question_ids], *settings)
     return session.text_tokenizer.decode(answer).strip()
 
+
+def tell(session, opening, frames, image_path=None):
+    """A story from its opening sentence: (F, H, W, 3) uint8 frames and F sentences.
+
+    image_path: a picture to start from (its frame is given, not drawn; the opening
+    sentence is the sentence of that frame)."""
+    cfg = session.model.cfg
+    ids = session.text_tokenizer.encode(opening)
+    if len(ids) + 2 > cfg.max_text_len:
+        raise UsageError(f"--story is {len(ids)} tokens; a sentence of this model holds at most "
+                         f"{cfg.max_text_len - 2}: shorten it")
+    first = session.encode_image(image_path) if image_path else None
+    settings = recommended_settings(session.extra, "t2i")
+    settings.update({name: getattr(session.args, name) for name in ("steps", "guidance", "temperature")
+                     if getattr(session.args, name) is not None})
+    codes, written = generate_stories(session.model, [ids], frames, settings, session.generator, first,
+                                      session.args.naive, progress=True)
+    # one line each (story.txt has a sentence a line): any run of whitespace becomes one space
+    sentences = [opening] + [" ".join(session.text_tokenizer.decode(s).split()) for s in written[0]]
+    return tensor_to_image(session.vq.decode(codes[0])), sentences
+
+
+# A checkpoint of the representation ablation's contrastive arm (train.py mmu_features)
+# holds the transformer and its projector but not the encoder its pictures went through.
+CONTRASTIVE_NOT_SAVED = ("understands through the contrastive encoder of its training run, which the checkpoint "
+                         "does not hold (it was trained for the representation table)")
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -695,6 +894,7 @@ LIMITS = {
     "top_k": (1, 2 ** 20, "top-k"),
     "max_new_tokens": (1, 4096, "answer tokens"),
     "seed": (0, 2 ** 63 - 1, "seed (a 63-bit number)"),
+    "frames": (1, 8, "number of story frames (trained on 2 to 4)"),
 }
 
 
@@ -720,14 +920,25 @@ def check_arguments(args):
     if any(not prompt.strip() for prompt in args.prompt or []):
         raise UsageError("--prompt is empty: give a caption (to draw without one, that is the unconditional "
                          "prompt, which guidance uses; it is not a task of its own)")
+    if args.story is not None and not args.story.strip():
+        raise UsageError("--story is empty: give the first frame's sentence, e.g. --story \"a red circle at the top left\"")
+    if args.frames is not None and args.story is None:
+        raise UsageError("--frames is the length of a story: give --story TEXT too")
+    if args.story is not None and args.sample:
+        raise UsageError("--story always samples its sentences (at temperature 1): drop --sample")
+    if args.story is not None and (args.question is not None or args.prompt or args.prompts_file or args.mask
+                                   or args.extend or args.film):
+        raise UsageError("--story writes and draws a story on its own: drop --question / --prompt / --prompts-file "
+                         "/ --mask / --extend / --film")
     if args.question is not None and not args.image:
         raise UsageError("--question needs --image")
     if args.question is not None and (args.prompt or args.prompts_file or args.mask or args.extend or args.film):
         raise UsageError("--question answers about --image: drop --prompt / --mask / --extend / --film")
     if (args.mask or args.extend) and not args.image:
         raise UsageError("--mask and --extend need --image")
-    if args.image and not (args.mask or args.extend or args.question is not None):
-        raise UsageError("--image needs --mask (inpainting), --extend (extrapolation) or --question")
+    if args.image and not (args.mask or args.extend or args.question is not None or args.story is not None):
+        raise UsageError("--image needs --mask (inpainting), --extend (extrapolation), --question or --story "
+                         "(a story from that first frame)")
     if args.mask and args.extend:
         raise UsageError("give --mask or --extend, not both")
     if args.film and (args.image or args.out_dir):
@@ -747,6 +958,11 @@ def check_arguments(args):
 def check_against_model(session):
     """The values that depend on the loaded model: refuse what the model cannot do."""
     args, cfg = session.args, session.model.cfg
+    if args.question is not None and session.extra.get("mmu_features") == "contrastive":
+        raise UsageError(f"{args.ckpt} {CONTRASTIVE_NOT_SAVED}: ask a codes or lfq_continuous checkpoint")
+    if args.story is not None and not session.extra.get("stories"):
+        raise UsageError(f"{args.ckpt} was never trained on stories, so it cannot write one: train one with "
+                         f"python train.py --preset story --tokenizers-from assets/tiny.pt")
     if args.steps is not None and session.objective == "mtp" and args.steps > cfg.num_vq_tokens:
         raise UsageError(f"--steps {args.steps}: a picture has {cfg.num_vq_tokens} image tokens and every "
                          f"step commits at least one: give at most {cfg.num_vq_tokens}")
@@ -782,9 +998,33 @@ def save_picture(picture, path):
         raise UsageError(f"could not write {path} ({error}): choose another file or folder")
 
 
+def write_text(path, text):
+    """Write a text file; a failing write is one line."""
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise UsageError(f"could not write {path} ({error}): choose another folder")
+
+
 def run(args):
     """Check everything, load the checkpoint, then do the one task the options ask for."""
     check_arguments(args)
+    if args.story is not None:
+        out = check_output(args.out or "story.png", "--out")
+        session = Session(args)
+        check_against_model(session)
+        frames, sentences = tell(session, args.story, args.frames or 3, args.image)
+        save_picture(story_strip(frames, sentences), out)
+        if args.out_dir:
+            out_dir = Path(args.out_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for k, frame in enumerate(frames, start=1):
+                save_picture(frame, out_dir / f"frame_{k}.png")
+            write_text(out_dir / "story.txt", "".join(sentence + "\n" for sentence in sentences))
+        print("\n".join(f"{k}. {sentence}" for k, sentence in enumerate(sentences, start=1)))
+        print(f"wrote {out}" + (f" and frame_1.png ... frame_{len(frames)}.png, story.txt in {args.out_dir}"
+                                if args.out_dir else ""))
+        return
     if args.question is not None:
         session = Session(args)
         check_against_model(session)
@@ -837,6 +1077,9 @@ def main(argv=None):
     p.add_argument("--extend", choices=["left", "right", "up", "down"], help="extrapolate the image")
     p.add_argument("--question", help="ask about --image (prints the answer)")
     p.add_argument("--film", help="write a film strip PNG of MaskGIT decoding the (first) prompt, step by step")
+    p.add_argument("--story", help="the first sentence of a story: the model draws its frame, then writes the next "
+                                   "sentence and draws that frame, and so on (a checkpoint of train.py --preset story)")
+    p.add_argument("--frames", type=int, help="frames of the --story (default 3)")
     p.add_argument("--steps", type=int, help=f"MaskGIT steps (default: the checkpoint's for the task, "
                                              f"else {DEFAULT_SETTINGS['steps']})")
     p.add_argument("--guidance", type=float, help=f"guidance scale w (default: the checkpoint's for the task, "

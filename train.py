@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -43,12 +44,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from attention import (lm_attention_mask, lm_sequences, shared_picture_attention_mask, shared_picture_sequences,
-                       t2i_attention_mask, t2i_sequences)
+from attention import (lm_attention_mask, lm_sequences, sentence_slots, shared_picture_attention_mask,
+                       shared_picture_sequences, story_attention_mask, story_sequence, t2i_attention_mask, t2i_sequences)
 from checkpoint import (TASKS, UsageError, check_writable_folder, load_checkpoint, materialize, one_writer,
                         pick_device, save_checkpoint)
-from evaluate import ComputeMeter, Scoring, curves_picture, evaluate, format_scores, report_image_tokenizer, sample_grid
-from model import IGNORE, SPECIAL_TOKENS, Showo, ShowoConfig
+from evaluate import (STORY_FRAMES_SCORED, ComputeMeter, Scoring, curves_picture, evaluate, format_scores,
+                      report_image_tokenizer, sample_grid)
+from model import IGNORE, SPECIAL_TOKENS, ContrastiveEncoder, Showo, ShowoConfig
 from tokenizer import ImageTokenizer, ImageTokenizerConfig, TextTokenizer
 
 
@@ -91,6 +93,14 @@ class TrainConfig:
     image_objective: str = "mtp"     # "mtp": Show-o (masked tokens, MaskGIT); "ar": the raster-order baseline
     mmu_questions: int = 6           # question-answer pairs sharing one picture (the picture runs once)
     mmu_answer_only: bool = False    # False: NTP on questions too (draws better); True: on answers only
+    # what understanding reads (docs/experiments.md, "Discrete or continuous"): "codes" (Show-o's
+    # MAGVIT-v2 tokens), "lfq_continuous" (the LFQ encoder's features before quantization) or
+    # "contrastive" (a small CLIP of the shapes world, model.ContrastiveEncoder); the
+    # continuous ones go through an mm_projector, as the released CLIP-ViT variant's do
+    mmu_features: str = "codes"
+    contrastive_steps: int = 600     # the contrastive encoder's training steps (batch 128)
+    batch_story: int = 0             # story rows per step (mixed-modality; the story preset)
+    train_stories: int = 0           # shapes-world stories of 2-4 frames (data.make_stories)
     lr: float = 2e-3                 # a 2M model trained from nothing needs a larger step than 1e-4
     min_lr: float = 1e-4             # where the cosine decay ends
     warmup: int = 50
@@ -116,8 +126,10 @@ class TrainConfig:
         "eval_prompts": (0, 10 ** 5), "eval_scenes": (0, 10 ** 5), "bpe_vocab_size": (257, 2 ** 16),
         "vq_z_channels": (1, 16), "vq_ch": (1, 1024), "vq_groups": (1, 1024), "vq_steps": (1, 10 ** 7),
         "vq_batch": (1, 10 ** 5), "vq_lr": (1e-9, 1.0), "hidden_size": (4, 16384), "num_layers": (1, 256),
-        "num_heads": (1, 256), "max_text_len": (4, 1024), "steps": (1, 10 ** 8), "batch_t2i": (1, 10 ** 5),
-        "batch_mmu": (0, 10 ** 5), "batch_lm": (0, 10 ** 5), "mmu_questions": (1, 100), "lr": (1e-9, 1.0),
+        "num_heads": (1, 256), "max_text_len": (4, 1024), "steps": (1, 10 ** 8), "batch_t2i": (0, 10 ** 5),
+        "batch_mmu": (0, 10 ** 5), "batch_lm": (0, 10 ** 5), "batch_story": (0, 10 ** 5),
+        "train_stories": (0, 10 ** 7), "contrastive_steps": (1, 10 ** 7), "mmu_questions": (1, 100),
+        "lr": (1e-9, 1.0),
         "min_lr": (0.0, 1.0), "warmup": (0, 10 ** 8), "weight_decay": (0.0, 1.0),
         "caption_dropout": (0.0, 0.99), "loss_t2i": (0.0, 1000.0), "loss_lm": (0.0, 1000.0),
         "loss_mmu": (0.0, 1000.0), "sample_steps": (1, 1000), "guidance": (0.0, 100.0),
@@ -137,6 +149,10 @@ class TrainConfig:
                 raise ValueError(f"{name} = {value}: must be in {allowed}")
         if self.image_objective not in ("mtp", "ar"):
             raise ValueError(f"image_objective = {self.image_objective!r}: choose mtp (Show-o) or ar")
+        if self.mmu_features not in MMU_FEATURES:
+            raise ValueError(f"mmu_features = {self.mmu_features!r}: choose one of {', '.join(MMU_FEATURES)}")
+        if not (self.batch_t2i or self.batch_mmu or self.batch_lm or self.batch_story):
+            raise ValueError("batch_t2i, batch_mmu, batch_lm and batch_story are all 0: no rows to train on")
         if not self.loss_t2i + self.loss_lm + self.loss_mmu > 0:
             raise ValueError("loss_t2i, loss_lm and loss_mmu are all 0: nothing would be trained")
         if self.min_lr > self.lr:
@@ -144,6 +160,11 @@ class TrainConfig:
         if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 4:
             raise ValueError(f"hidden_size {self.hidden_size} / num_heads {self.num_heads}: the head size "
                              f"must be a whole multiple of 4 (rotary embedding)")
+        if self.batch_story and self.image_objective != "mtp":
+            raise ValueError("story rows draw their frames by mask-token prediction: drop image_objective=ar")
+        if bool(self.batch_story) != bool(self.train_stories):
+            raise ValueError(f"batch_story = {self.batch_story}, train_stories = {self.train_stories}: "
+                             f"story rows need stories to draw from, and stories need rows: set both or neither")
         if self.vq_ch % self.vq_groups:
             raise ValueError(f"vq_ch {self.vq_ch} must be a multiple of vq_groups {self.vq_groups}")
         if not 1 <= len(self.vq_ch_mult) <= 6 or min(self.vq_ch_mult) < 1 or max(self.vq_ch_mult) > 64:
@@ -153,6 +174,8 @@ class TrainConfig:
             raise ValueError(f"vq_ch_mult {self.vq_ch_mult}: {len(self.vq_ch_mult) - 1} halvings do not "
                              f"divide {data.IMAGE_SIZE} px")
 
+
+MMU_FEATURES = ("codes", "lfq_continuous", "contrastive")
 
 PRESETS = {
     # ~10 minutes on a 2-core CPU
@@ -165,6 +188,11 @@ PRESETS = {
     # keeps those.
     "small": TrainConfig(vq_steps=2800, hidden_size=256, num_layers=6, steps=3850, lr=1e-3, eval_every=1000,
                          mmu_answer_only=True, sample_steps=12, guidance=1.5),
+    # Mixed-modality generation (docs/experiments.md, "Stories"): the tiny transformer on
+    # story rows (a sentence, a frame, a sentence, ...) and t2i rows, nothing else. Run it
+    # on the tiny run's tokenizers, `--tokenizers-from assets/tiny.pt` (their 9.85 TFLOP
+    # count): about 33 GFLOP a step, under 60 TFLOP in all.
+    "story": TrainConfig(batch_t2i=12, batch_mmu=0, batch_lm=0, batch_story=6, train_stories=10000, steps=1500),
     # seconds: for tests and for trying the code path
     "micro": TrainConfig(train_scenes=400, eval_draws=1, eval_prompts=4, eval_scenes=4, bpe_vocab_size=512,
                          vq_z_channels=6, vq_ch=8, vq_steps=20, vq_batch=16, hidden_size=64,
@@ -289,14 +317,15 @@ def image_tokenizer_config(tc, resolution):
                                 mid_attention=tc.vq_mid_attention)
 
 
-def model_config(tc, text_tokenizer, vq):
-    """The transformer's config: its vocabulary laid out for these two tokenizers."""
+def model_config(tc, text_tokenizer, vq, feature_width=0):
+    """The transformer's config: its vocabulary laid out for these two tokenizers (and an
+    mm_projector from feature_width when understanding reads continuous features)."""
     return ShowoConfig(llm_vocab_size=len(text_tokenizer), codebook_size=vq.cfg.codebook_size,
                        vocab_size=len(text_tokenizer) + len(SPECIAL_TOKENS) + vq.cfg.codebook_size + 1,
                        bos_token_id=text_tokenizer.eos_id, eos_token_id=text_tokenizer.eos_id,
                        num_vq_tokens=vq.cfg.grid_size ** 2, max_text_len=tc.max_text_len,
                        hidden_size=tc.hidden_size, num_layers=tc.num_layers, num_heads=tc.num_heads,
-                       intermediate_size=4 * tc.hidden_size, max_position_embeddings=512)
+                       intermediate_size=4 * tc.hidden_size, max_position_embeddings=512, clip_width=feature_width)
 
 
 def train_image_tokenizer(tc, images, run, meter):
@@ -326,19 +355,79 @@ def train_image_tokenizer(tc, images, run, meter):
     return vq.eval()
 
 
+def train_contrastive_encoder(tc, training_data, text_tokenizer, run, meter, batch=128):
+    """A CLIP of the shapes world (model.ContrastiveEncoder), trained on the training pictures
+    and their captions by image-text matching alone (mmu_features=contrastive). Its FLOPs
+    are part of the run's: the "contrastive encoder" stage."""
+    images, captions, _, _ = training_data
+    pixels = data.image_to_tensor(images)
+    caption_ids = [text_tokenizer.encode(c) for c in captions]
+    encoder = ContrastiveEncoder(len(text_tokenizer)).to(run.device)
+    opt = torch.optim.AdamW(encoder.parameters(), lr=1e-3, weight_decay=0.01)
+    bar = tqdm(range(tc.contrastive_steps), desc="contrastive encoder", disable=not run.main)
+    for step in bar:
+        with meter.step("contrastive encoder", step):
+            _, gen = step_rng(tc.seed, run.rank, "contrastive encoder", step)
+            picks = torch.randint(len(pixels), (batch,), generator=gen)
+            chosen = [caption_ids[i] for i in picks]
+            offsets = torch.tensor([0, *np.cumsum([len(ids) for ids in chosen])[:-1]])   # where each caption starts
+            words = torch.tensor([token for ids in chosen for token in ids])
+            loss = encoder.contrastive_loss(pixels[picks].to(run.device), words.to(run.device), offsets.to(run.device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    return encoder.eval()
+
+
+def picture_reader(tc, vq, text_tokenizer, training_data, run, meter):
+    """What understanding rows read instead of codes (mmu_features): None for codes, else
+    uint8 pictures -> (B, N, C) continuous features."""
+    if tc.mmu_features == "codes":
+        return None
+    if tc.mmu_features == "lfq_continuous":
+        return partial(data.picture_features, vq.encoder, device=run.device)
+    encoder = train_contrastive_encoder(tc, training_data, text_tokenizer, run, meter)
+    return partial(data.picture_features, encoder.features, device=run.device)
+
+
 # ----------------------------------------------------------------------------------------
 # 3. Mixed batches (Show-o §3.2 "Training Objectives"): t2i (MTP) + understanding (NTP) + text (NTP)
 # ----------------------------------------------------------------------------------------
 
 class Part:
-    """One kind of sequence in a mixed batch: (B, L) ids, labels and positions, (B, L, L) mask."""
+    """One kind of sequence in a mixed batch: (B, L) ids, labels and positions, (B, L, L) mask.
 
-    def __init__(self, ids, labels, allowed, positions=None):
+    mtp_positions (B, L) bool, stories only: the positions trained by mask-token prediction
+    (the frame being drawn); the rest of a story row is trained by next-token prediction.
+    features (B, N, C) float, understanding rows of a continuous `mmu_features` run only:
+    the pictures' features, which take the N picture places (holding [MASK] ids).
+    """
+
+    def __init__(self, ids, labels, allowed, positions=None, mtp_positions=None, features=None):
         self.ids, self.labels, self.allowed = ids, labels, allowed
+        self.mtp_positions, self.features = mtp_positions, features
         self.positions = torch.arange(ids.shape[1]).expand_as(ids) if positions is None else positions
 
     def __len__(self):
         return self.ids.shape[0]
+
+    def to(self, device):
+        move = lambda t: None if t is None else t.to(device)   # noqa: E731
+        return Part(*(move(t) for t in (self.ids, self.labels, self.allowed, self.positions, self.mtp_positions,
+                                        self.features)))
+
+
+def random_masks(count, n, gen):
+    """(count, n) bool: which of n image tokens to mask in each of `count` pictures.
+
+    Mask ratio cos(t*pi/2), t ~ U(0, 1): the same schedule sampling walks through. A random
+    permutation per row; its first n_masked positions are masked (at least one).
+    """
+    t = torch.rand(count, generator=gen)
+    n_masked = (n * torch.cos(t * math.pi / 2)).round().clamp(min=1)       # (count,)
+    return torch.rand(count, n, generator=gen).argsort(1) < n_masked[:, None]
 
 
 class MixedBatches:
@@ -350,19 +439,26 @@ class MixedBatches:
     Each part keeps its own length (no part is padded to another's).
     """
 
-    def __init__(self, cfg, tc, codes, captions_ids, qa_ids, lm_ids, rank=0):
+    def __init__(self, cfg, tc, codes, captions_ids, qa_ids, lm_ids, stories=(), rank=0, features=None):
         self.cfg, self.tc, self.rank = cfg, tc, rank
         self.codes, self.captions, self.qa, self.lm = codes, captions_ids, qa_ids, lm_ids
+        self.features = features        # None, or (pictures, N, C): what understanding rows read
+        self.stories = stories          # (sentences' ids, frames' codes (F, N)) per story
+        # the stories with more than k frames, for k = 0 ... the most frames
+        self.longer_than = [[i for i, (s, _) in enumerate(stories) if len(s) > k]
+                            for k in range(max((len(s) for s, _ in stories), default=0))]
 
     def batch(self, step):
         """The parts of step `step` (the same for the same seed, rank and step)."""
         rng, gen = step_rng(self.tc.seed, self.rank, "transformer", step)
         pick = lambda count: [rng.randrange(len(self.codes)) for _ in range(count)]   # noqa: E731
-        parts = {"t2i": self.t2i(pick(self.tc.batch_t2i), rng, gen)}
+        parts = {"t2i": self.t2i(pick(self.tc.batch_t2i), rng, gen)} if self.tc.batch_t2i else {}
         if self.tc.batch_mmu:
             parts["mmu"] = self.mmu(pick(self.tc.batch_mmu), rng)
         if self.tc.batch_lm:
             parts["lm"] = self.text([rng.randrange(len(self.lm)) for _ in range(self.tc.batch_lm)])
+        if self.tc.batch_story:
+            parts["story"] = self.story(rng, gen)
         return parts
 
     def t2i(self, picks, rng, gen):
@@ -381,11 +477,7 @@ class MixedBatches:
             labels = torch.full_like(ids, IGNORE)
             labels[:, -(n + 1):-1] = tokens
             return Part(ids, labels, lm_attention_mask(ids, cfg.pad_id))
-        # Mask ratio cos(t*pi/2), t ~ U(0, 1): the same schedule sampling walks through.
-        t = torch.rand(len(picks), generator=gen)
-        n_masked = (n * torch.cos(t * math.pi / 2)).round().clamp(min=1)       # (B,)
-        # A random permutation per row; its first n_masked positions get [MASK].
-        masked = torch.rand(len(picks), n, generator=gen).argsort(1) < n_masked[:, None]
+        masked = random_masks(len(picks), n, gen)                             # (B, N)
         ids = t2i_sequences(captions, tokens.masked_fill(masked, cfg.mask_token_id), cfg)
         # The image span is the last N+1 ... last-1 positions (before <|eoi|>). Visible
         # image tokens get no loss: copying an input teaches nothing (Show-o Eq. 2).
@@ -398,14 +490,57 @@ class MixedBatches:
 
         Up to mmu_questions question-answer pairs of each picture share its row
         (attention.shared_picture_sequences). Labels: each answer and its EOS, and the
-        question too unless mmu_answer_only (BOS is given, never predicted).
+        question too unless mmu_answer_only (BOS is given, never predicted). With continuous
+        features, the picture's places hold [MASK] ids and the part carries the features.
         """
         cfg, tc = self.cfg, self.tc
-        images = [self.codes[i] + cfg.image_offset for i in picks]
+        if self.features is None:
+            images = [self.codes[i] + cfg.image_offset for i in picks]
+        else:
+            images = [torch.full((cfg.num_vq_tokens,), cfg.mask_token_id) for _ in picks]
         asked = [rng.sample(self.qa[i], min(tc.mmu_questions, len(self.qa[i]))) for i in picks]
         labelled = [[([IGNORE] * len(q) if tc.mmu_answer_only else q) + a for q, a in pairs] for pairs in asked]
         ids, labels, positions, segments = shared_picture_sequences(images, asked, labelled, cfg, IGNORE)
-        return Part(ids, labels, shared_picture_attention_mask(segments, ids == cfg.pad_id), positions)
+        features = None if self.features is None else self.features[picks]
+        return Part(ids, labels, shared_picture_attention_mask(segments, ids == cfg.pad_id), positions,
+                    features=features)
+
+    def story(self, rng, gen):
+        """Stories cut after frame k: sentences 1..k, frames 1..k-1 whole, frame k partly
+        masked (docs/sequences.md, "Stories"). Labels: every sentence token and EOS (NTP)
+        and frame k's masked tokens (MTP), in one row: Show-o's two objectives at once.
+
+        Why cut after frame k: at inference every sentence and every frame is written after
+        WHOLE earlier frames, so in training nothing may look at a partly masked frame, and
+        everything after frame k would. So each row trains one frame; its sentences and
+        earlier frames are the context. One k per step (uniform over 1 ... the most frames,
+        among the stories that long) gives rows of one length: no padding to compute.
+        Sentence drop-out: a caption_dropout share of the rows loses EVERY sentence (empty
+        slots, no text loss), so the network also learns frames from frames alone, the
+        unconditional story that classifier-free guidance needs (sampling.draw_frame).
+        """
+        cfg, n = self.cfg, self.cfg.num_vq_tokens
+        cut = rng.randrange(len(self.longer_than))                            # frame k = cut + 1
+        chosen = [self.stories[rng.choice(self.longer_than[cut])] for _ in range(self.tc.batch_story)]
+        masked = random_masks(len(chosen), n, gen)                            # (B, N)
+        rows, labels = [], []
+        for (sentences, codes), hidden in zip(chosen, masked):
+            if rng.random() < self.tc.caption_dropout:
+                sentences = [[] for _ in sentences]                            # the unconditional story
+            tokens = codes[:cut + 1] + cfg.image_offset                        # (k, N)
+            drawn = tokens[cut].masked_fill(hidden, cfg.mask_token_id)
+            rows.append(story_sequence(sentences[:cut + 1], [*tokens[:cut].tolist(), drawn.tolist()], cfg))
+            row_labels = [IGNORE]                                              # <|t2v|>
+            for j, sentence in enumerate(sentences[:cut + 1]):
+                slots = sentence_slots(sentence, cfg)                          # BOS words EOS [PAD]...
+                words = [IGNORE if t == cfg.pad_id or not sentence else t for t in slots[1:]]
+                row_labels += [IGNORE] + words
+                frame = tokens[cut].masked_fill(~hidden, IGNORE).tolist() if j == cut else [IGNORE] * n
+                row_labels += [IGNORE, *frame, IGNORE]                         # <|soi|> frame <|eoi|>
+            labels.append(row_labels)
+        ids, labels = torch.tensor(rows), torch.tensor(labels)
+        return Part(ids, labels, story_attention_mask(ids, cfg.pad_id, cfg.soi_id, cfg.eoi_id),
+                    mtp_positions=labels >= cfg.image_offset)
 
     def text(self, picks):
         """Plain sentences for language modelling. Labels: every real token."""
@@ -428,6 +563,15 @@ def prediction_targets(part, kind, objective="mtp"):
     return targets
 
 
+def story_targets(part):
+    """What each position of a story row predicts: on the frame being drawn, its own token
+    (MTP, no shift); elsewhere the next token (NTP, the shift of prediction_targets)."""
+    next_is_frame = torch.zeros_like(part.mtp_positions)
+    next_is_frame[:, :-1] = part.mtp_positions[:, 1:]
+    shifted = prediction_targets(part, "story").masked_fill(next_is_frame, IGNORE)
+    return torch.where(part.mtp_positions, part.labels, shifted)
+
+
 class MixedForward(nn.Module):
     """The transformer run over every part of a mixed batch, in one forward call.
 
@@ -441,11 +585,20 @@ class MixedForward(nn.Module):
         self.model = model
 
     def forward(self, parts, targets):
-        return {kind: self.model(part.ids, part.allowed, part.positions, keep=targets[kind] != IGNORE)
+        return {kind: self.model(self.inputs(part), part.allowed, part.positions, keep=targets[kind] != IGNORE)
                 for kind, part in parts.items()}
 
+    def inputs(self, part):
+        """A part's ids, or its embeddings with the projected picture features in place."""
+        if part.features is None:
+            return part.ids
+        return self.model.embed_with_features(part.ids, self.model.mm_projector(part.features))
 
-LOSS_WEIGHT = {"t2i": "loss_t2i", "lm": "loss_lm", "mmu": "loss_mmu"}
+
+# A story row carries both objectives; its frame (MTP) is weighed as a t2i picture, its
+# sentences (NTP, written from the pictures before them) as understanding text.
+LOSS_WEIGHT = {"t2i": "loss_t2i", "lm": "loss_lm", "mmu": "loss_mmu", "story frames": "loss_t2i",
+               "story text": "loss_mmu"}
 
 
 def mixed_loss(forward, parts, tc, device):
@@ -468,11 +621,19 @@ def mixed_loss(forward, parts, tc, device):
     positions (`keep`), and the cross-entropy of each part is averaged over them: the same
     number (tests/test_train.py checks it) for about a third of lm_head's work.
     """
-    parts = {kind: Part(p.ids.to(device), p.labels.to(device), p.allowed.to(device), p.positions.to(device))
-             for kind, p in parts.items()}
-    targets = {kind: prediction_targets(part, kind, tc.image_objective) for kind, part in parts.items()}
+    parts = {kind: part.to(device) for kind, part in parts.items()}
+    targets = {kind: story_targets(part) if kind == "story" else prediction_targets(part, kind, tc.image_objective)
+               for kind, part in parts.items()}
     logits = forward(parts, targets)
-    losses = {kind: F.cross_entropy(logits[kind], targets[kind][targets[kind] != IGNORE]) for kind in parts}
+    losses = {}
+    for kind, part in parts.items():
+        kept = targets[kind] != IGNORE
+        if kind == "story":   # one row, two objectives: a loss each, to weigh and to watch
+            frame = part.mtp_positions[kept]                                  # (K,) which targets are MTP
+            losses["story frames"] = F.cross_entropy(logits[kind][frame], targets[kind][kept][frame])
+            losses["story text"] = F.cross_entropy(logits[kind][~frame], targets[kind][kept][~frame])
+        else:
+            losses[kind] = F.cross_entropy(logits[kind], targets[kind][kept])
     total = sum(getattr(tc, LOSS_WEIGHT[kind]) * loss for kind, loss in losses.items())
     return total, {kind: loss.item() for kind, loss in losses.items()}
 
@@ -496,7 +657,8 @@ class Run:
     def extra(self):
         settings = sampling_settings(self.tc)
         return {"sampling": {task: settings for task in TASKS}, "question_template": "{question}",
-                "image_objective": self.tc.image_objective,
+                "image_objective": self.tc.image_objective, "stories": self.tc.batch_story > 0,
+                "mmu_features": self.tc.mmu_features,
                 "preset": self.preset, "train_config": config_to_dict(self.tc),
                 "train_state": {"step": self.step, "optimizer": self.optimizer, "data_dir": self.data_dir},
                 "loss_history": self.history, "scores": self.scores, "compute": self.meter.to_dict()}
@@ -602,10 +764,11 @@ def train_transformer(model, batches, state, run, checkpoint=None, score=None):
 # The whole run
 # ----------------------------------------------------------------------------------------
 
-def train_tokenizers(args, tc, training_data, run, meter):
-    """Stages 1-2: a BPE on the training texts, the LFQ tokenizer on the training pictures."""
+def train_tokenizers(args, tc, training_data, stories, run, meter):
+    """Stages 1-2: a BPE on the training texts (stories' sentences too), the LFQ tokenizer on
+    the training pictures."""
     images, _, qa, sentences = training_data
-    texts = sentences + sorted({q for pairs in qa for q, _ in pairs})
+    texts = sentences + sorted({q for pairs in qa for q, _ in pairs}) + [s for story in stories for s in story.sentences]
     text_tokenizer = TextTokenizer.train(texts, tc.bpe_vocab_size, verbose=run.main)
     sample = texts[:2000]
     chars_per_token = sum(map(len, sample)) / sum(len(text_tokenizer.encode(t)) for t in sample)
@@ -688,17 +851,25 @@ def starting_point(args, preset, tc, path, run):
 def scoring(tc):
     """How this recipe is scored (evaluate.py): its seed, sizes and sampling settings."""
     return Scoring(tc.seed, tc.eval_draws, tc.eval_prompts, tc.eval_scenes, tc.image_objective,
-                   sampling_settings(tc))
+                   sampling_settings(tc), STORY_FRAMES_SCORED if tc.batch_story else 0)
 
 
-def record_scores(model, vq, text_tokenizer, state, step):
+def record_scores(model, vq, text_tokenizer, state, reader, step):
     """Score the model now; keep the scores with the step and the TFLOP spent so far."""
-    scores = evaluate(model, vq, text_tokenizer, scoring(state.tc))
+    scores = evaluate(model, vq, text_tokenizer, scoring(state.tc), reader, draw=state.tc.batch_t2i > 0)
     state.scores.append({"step": step, "tflop": state.meter.total / 1e12, **scores})
     tqdm.write(f"step {step}, {state.meter.total / 1e12:.1f} TFLOP: {format_scores(scores)}")
 
 
-def make_batches(cfg, tc, vq, text_tokenizer, training_data, run):
+def encode_stories(stories, vq, text_tokenizer, device):
+    """[(sentences' ids, frames' codes (F, N))] for data.Story's, every frame tokenized at once."""
+    codes = data.encode_pictures(vq, np.concatenate([story.images for story in stories]), device)
+    ends = np.cumsum([len(story.sentences) for story in stories])
+    return [([text_tokenizer.encode(s) for s in story.sentences], codes[end - len(story.sentences):end])
+            for story, end in zip(stories, ends)]
+
+
+def make_batches(cfg, tc, vq, text_tokenizer, training_data, stories, reader, run):
     """Stage 3 works on ids only: every picture is tokenized once, here, not per step."""
     images, captions, qa, sentences = training_data
     encode = text_tokenizer.encode
@@ -711,8 +882,14 @@ def make_batches(cfg, tc, vq, text_tokenizer, training_data, run):
     if longest + 3 > cfg.max_text_len + 1:
         raise UsageError(f"max_text_len = {cfg.max_text_len}: the longest caption is {longest} tokens, and a "
                          f"t2i row needs 2 more: set at least --set max_text_len={longest + 2}")
+    story_ids = encode_stories(stories, vq, text_tokenizer, run.device) if stories else ()
+    longest = max((len(s) for sentences, _ in story_ids for s in sentences), default=0)
+    if longest + 2 > cfg.max_text_len:
+        raise UsageError(f"max_text_len = {cfg.max_text_len}: the longest story sentence is {longest} tokens, "
+                         f"and its slots need 2 more: set at least --set max_text_len={longest + 2}")
     return MixedBatches(cfg, tc, data.encode_pictures(vq, images, run.device), caption_ids, qa_ids,
-                        [encode(s) for s in sentences], rank=run.rank)
+                        [encode(s) for s in sentences], story_ids, rank=run.rank,
+                        features=reader(images) if reader else None)
 
 
 def train(args, preset, tc, path, run, progress):
@@ -720,13 +897,16 @@ def train(args, preset, tc, path, run, progress):
     model, vq, text_tokenizer, state = starting_point(args, preset, tc, path, run)
     tc = state.tc
     training_data = data.training_set(state.data_dir, tc.train_scenes, tc.seed)
+    stories = data.make_stories(tc.train_stories, seed=f"{tc.seed}/stories") if tc.batch_story else []
     torch.manual_seed(tc.seed)
     started = time.time()
     args.out_dir.mkdir(parents=True, exist_ok=True)
 
     if vq is None:                                                     # stages 1-2
-        text_tokenizer, vq = train_tokenizers(args, tc, training_data, run, state.meter)
-    model = (model or Showo(model_config(tc, text_tokenizer, vq))).to(run.device).float()
+        text_tokenizer, vq = train_tokenizers(args, tc, training_data, stories, run, state.meter)
+    reader = picture_reader(tc, vq, text_tokenizer, training_data, run, state.meter)
+    width = reader(training_data[0][:1]).shape[-1] if reader else 0
+    model = (model or Showo(model_config(tc, text_tokenizer, vq, width))).to(run.device).float()
     cfg = model.cfg
     say(run, f"transformer: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
              f"vocabulary {cfg.vocab_size} = {cfg.llm_vocab_size} text + {len(SPECIAL_TOKENS)} special + "
@@ -736,16 +916,19 @@ def train(args, preset, tc, path, run, progress):
     # Stage 3. Only the main process writes checkpoints and scores.
     scored = run.main and not args.no_eval and not state.data_dir
     checkpoint = partial(save, path, model, vq, text_tokenizer) if run.main else None
-    score = partial(record_scores, model, vq, text_tokenizer, state) if scored else None
-    batches = make_batches(cfg, tc, vq, text_tokenizer, training_data, run)
+    score = partial(record_scores, model, vq, text_tokenizer, state, reader) if scored else None
+    batches = make_batches(cfg, tc, vq, text_tokenizer, training_data, stories, reader, run)
     progress["state"] = state
     train_transformer(model, batches, state, run, checkpoint, score)
     say(run, state.meter.report())
 
     # Stage 4: samples, held-out scores, training curves.
     if run.main:
-        sample_grid(model, vq, text_tokenizer, scoring(tc)).save(args.out_dir / "samples.png")
-        say(run, f"wrote {path} and {args.out_dir / 'samples.png'} ({time.time() - started:.0f} s so far)")
+        written = [path]
+        if tc.batch_t2i:                                               # a model that draws
+            sample_grid(model, vq, text_tokenizer, scoring(tc)).save(args.out_dir / "samples.png")
+            written.append(args.out_dir / "samples.png")
+        say(run, f"wrote {' and '.join(map(str, written))} ({time.time() - started:.0f} s so far)")
         if scored:
             score(tc.steps)
             checkpoint(state)

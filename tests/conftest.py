@@ -34,6 +34,8 @@ EXERCISES = {
     "merge_pair": tokenizer, "LookupFreeQuantizer": tokenizer,            # lessons 1, 2
     "guide": sampling, "maskgit_step": sampling, "CachedNextToken": sampling,   # lessons 6, 7
     "prediction_targets": train,                                          # lesson 8
+    "omni_attention_mask": attention,                                     # lesson 9
+    "clip_pixels": sampling,                                              # lesson 10
 }
 PROJECT_MODULES = (attention, checkpoint, data, evaluate, model, sampling, tokenizer, train)
 

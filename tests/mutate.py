@@ -157,6 +157,34 @@ MUTATIONS = [
     # lesson 8, prediction_targets (also above: t2i shifted, AR t2i not shifted)
     ("train.py", "targets[:, :-1] = part.labels[:, 1:]", "targets[:, 1:] = part.labels[:, :-1]",
      "NTP targets shifted the wrong way"),
+    # lesson 9, omni_attention_mask, and the stories built on it
+    ("attention.py", "(blocks[:, :, None] == blocks[:, None, :]) & (blocks[:, :, None] > 0)",
+     "(blocks[:, :, None] == blocks[:, None, :])", "text (block 0) sees later text: it is treated as one block"),
+    ("attention.py", "return _hide_padding(causal | same_block, is_pad)", "return causal | same_block",
+     "the general rule lets real tokens see padding"),
+    ("attention.py", "return _hide_padding(causal | same_block, is_pad)",
+     "return _hide_padding(causal | (blocks[:, :, None] > 0), is_pad)", "a picture sees every later token"),
+    ("attention.py", "return _hide_padding(causal | same_block, is_pad)",
+     "return _hide_padding(causal | (same_block & causal), is_pad)", "pictures causal in the general rule"),
+    ("train.py", "return torch.where(part.mtp_positions, part.labels, shifted)", "return shifted",
+     "a story's frame trained by next-token prediction"),
+    ("train.py", "rows.append(story_sequence(sentences[:cut + 1],", "rows.append(story_sequence(sentences,",
+     "a story row goes on past the masked frame"),
+    ("sampling.py", "        hidden = story.append(torch.cat(frame, dim=1))[:, -1]",
+     "        hidden = story.peek(torch.cat(frame, dim=1))[:, -1]", "a finished frame never enters the story"),
+    ("sampling.py", "        start = 0 if self.naive else self.ids.shape[1]\n", "        start = 0\n",
+     "the story cache recomputes everything"),
+    ("sampling.py", "            logits = guide(*logits.chunk(2), w)", "            logits = logits[:len(logits) // 2]",
+     "story frames drawn without guidance"),
+    # lesson 10, clip_pixels
+    ("sampling.py", "    left, top = (image.width - cfg.image_size) // 2, (image.height - cfg.image_size) // 2\n",
+     "    left, top = 0, 0\n", "CLIP's crop taken from the corner, not the centre"),
+    ("sampling.py", "pixels = torch.from_numpy(crop).permute(2, 0, 1).float() / 255 ",
+     "pixels = torch.from_numpy(crop).permute(2, 0, 1).float() ", "CLIP pixels not scaled to [0, 1]"),
+    ("sampling.py", "return ((pixels - mean) / std)[None]", "return ((pixels - std) / mean)[None]",
+     "CLIP's mean and std swapped"),
+    ("sampling.py", "longer = int(cfg.resize_to * max(width, height) / min(width, height))",
+     "longer = cfg.resize_to", "CLIP's resize squashes the picture to a square"),
 ]
 
 
@@ -170,7 +198,7 @@ def copy_repository(target):
 # seconds, and only a survivor pays for the whole suite (the lesson commands come last).
 SLOW_LAST = ["test_attention.py", "test_model.py", "test_parity.py", "test_image_tokenizer.py",
              "test_text_tokenizer.py", "test_sampling.py", "test_fast_inference.py", "test_data.py",
-             "test_train.py", "test_exercises.py", "test_course.py"]
+             "test_train.py", "test_story.py", "test_clip.py", "test_exercises.py", "test_course.py"]
 
 
 def run_suite(folder, timeout=900):

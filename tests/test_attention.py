@@ -157,6 +157,7 @@ STORY_MASK = """
 """
 
 
+@pytest.mark.lesson9
 def test_the_general_rule_on_a_story_drawn_by_hand():
     """Every token sees all earlier ones; a picture's tokens also see their whole picture,
     never a later picture or later text; padding is seen by nobody."""
@@ -166,6 +167,7 @@ def test_the_general_rule_on_a_story_drawn_by_hand():
     assert_mask("story", attention.omni_attention_mask(blocks, ids == PAD)[0], STORY_MASK, STORY_IDS)
 
 
+@pytest.mark.lesson9
 @pytest.mark.parametrize("layout", ["t2i", "mmu", "lm"])
 def test_the_three_masks_are_the_general_rule_on_their_layouts(layout):
     """t2i: the picture is the one block; understanding: <|mmu|> + picture is one block; text: none."""

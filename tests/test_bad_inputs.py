@@ -32,6 +32,10 @@ def files(tmp_path_factory):
     """Paths the cases refer to as {name}: a trained micro run, a release-like checkpoint, pictures."""
     root = tmp_path_factory.mktemp("hostile")
     train.main(["--preset", "micro", "--steps", "2", "--no-eval", "--out-dir", str(root / "run")])
+    train.main(["--preset", "micro", "--steps", "2", "--no-eval", "--set", "batch_story=2", "--set", "train_stories=8",
+                "--out-dir", str(root / "story")])
+    train.main(["--preset", "micro", "--steps", "2", "--no-eval", "--set", "mmu_features=contrastive",
+                "--set", "contrastive_steps=2", "--out-dir", str(root / "contrastive")])
     model, vq, text_tokenizer, _ = checkpoint.load_checkpoint(root / "run" / "micro.pt")
     checkpoint.save_checkpoint(root / "converted.pt", model, vq, text_tokenizer)   # no training state
     picture = data.make_examples(1, seed=0)[0].image
@@ -50,7 +54,8 @@ def files(tmp_path_factory):
     shutil.copy(root / "converted.pt", root / "converted_run" / "micro.pt")
     (root / "locked").mkdir()
     (root / "locked" / "micro.pt.lock").write_text(str(os.getppid()))
-    return {"ckpt": root / "run" / "micro.pt", "run": root / "run", "converted": root / "converted.pt",
+    return {"ckpt": root / "run" / "micro.pt", "story": root / "story" / "micro.pt",
+            "contrastive": root / "contrastive" / "micro.pt", "run": root / "run", "converted": root / "converted.pt",
             "png": root / "picture.png", "black": root / "black.png", "textpng": root / "text.png",
             "txt": root / "notes.txt", "empty": root / "empty.txt", "binary": root / "binary.txt",
             "dir": root / "folder", "file": root / "afile", "other_preset": root / "other_preset",
@@ -110,6 +115,20 @@ CASES = [
     ("sampling", ["--ckpt", "{ckpt}", "--prompt", "a red circle", "--out", "{tmp}/no/such/x.png"], "does not exist"),
     ("sampling", ["--ckpt", "{ckpt}", "--prompt", "a red circle", "--film", "{dir}"], "is a folder"),
     ("sampling", ["--ckpt", "{ckpt}", "--prompt", "a red circle", "--out-dir", "{file}"], "is a file"),
+    # sampling.py: stories
+    ("sampling", ["--ckpt", "{ckpt}", "--story", "a red circle at the top left"], "never trained on stories"),
+    ("sampling", ["--ckpt", "{story}", "--story", "a red circle at the top left", "--frames", "0"], "--frames 0"),
+    ("sampling", ["--ckpt", "{story}", "--story", "a red circle at the top left", "--frames", "99"], "--frames 99"),
+    ("sampling", [*Q, "what color is the circle?", "--story", "a red circle"], "drop --question"),
+    ("sampling", ["--ckpt", "{story}", "--prompt", "a red circle", "--frames", "3"], "give --story"),
+    ("sampling", ["--ckpt", "{story}", "--story", "  "], "--story is empty"),
+    ("sampling", ["--ckpt", "{story}", "--story", "a red circle", "--sample"], "drop --sample"),
+    ("sampling", ["--ckpt", "{story}", "--story", "a red circle " * 20], "shorten it"),
+    ("sampling", ["--ckpt", "{story}", "--story", "a red circle", "--image", "{textpng}"], "cannot read image"),
+    ("sampling", ["--ckpt", "{story}", "--story", "a red circle", "--out", "{tmp}/story.txt"], "ending in"),
+    # the representation ablation's checkpoints (train.py mmu_features)
+    ("sampling", ["--ckpt", "{contrastive}", "--image", "{png}", "--question", "what?"], "contrastive encoder"),
+    ("evaluate", ["scores", "--ckpt", "{contrastive}"], "contrastive encoder"),
     # train.py: every field of TrainConfig is checked before any work
     ("train", [*T, "--set", "lr=inf"], "lr = inf: must be a finite number"),
     ("train", [*T, "--set", "lr=1e6"], "lr = 1000000.0: must be in"),
@@ -127,6 +146,10 @@ CASES = [
     ("train", [*T, "--set", "no_such_field=1"], "NAME one of"),
     ("train", [*T, "--set", "lr=fast"], "expected float"),
     ("train", [*T, "--seed", "-1"], "seed = -1"),
+    ("train", [*T, "--set", "batch_story=4"], "set both or neither"),
+    ("train", [*T, "--set", "mmu_features=clip"], "mmu_features = 'clip'"),
+    ("train", [*T, "--set", "batch_t2i=0", "--set", "batch_mmu=0", "--set", "batch_lm=0"], "no rows to train on"),
+    ("train", [*T, "--set", "batch_story=4", "--set", "train_stories=9", "--image-objective", "ar"], "drop image_objective"),
     ("train", [*T, "--device", "cuda"], "cuda"),
     # train.py: starting points and folders
     ("train", ["--preset", "micro", "--out-dir", "{tmp}/nothing_here", "--resume"], "nothing to resume"),

@@ -15,8 +15,10 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import bench
 import sampling
@@ -25,7 +27,7 @@ from checkpoint import (RELEASED_CLIP_QUESTION_TEMPLATE, RELEASED_SYSTEM_PROMPT,
                         load_released_clip, load_released_showo, load_vision_tower, main, read_weights,
                         released_clip_config, write_released_clip)
 from model import ShowoConfig, decode_text
-from sampling import answer_with_clip, clip_pixels, embed_with_features, next_token_function, phrase_question
+from sampling import answer_with_clip, clip_pixels, next_token_function, phrase_question
 from tokenizer import TextTokenizer
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -74,8 +76,45 @@ def reference_sequence(ref, showo):
     return ids
 
 
+@pytest.mark.lesson10
 def test_clip_preprocessing_gives_the_reference_pixels(ref, tower):
     assert_close(clip_pixels(reference_dir() / "image.png", tower.cfg), ref["clip.pixel_values"], "pixels")
+
+
+SMALL = ClipConfig(image_size=20, patch_size=4, resize_to=20)
+
+
+@pytest.mark.lesson10
+@pytest.mark.parametrize("size", [(20, 20), (50, 30), (30, 47)])
+def test_clip_preprocessing_normalises_per_channel(size, tmp_path):
+    """A picture of one colour, of any shape, gives (c / 255 - mean) / std everywhere."""
+    colour = (200, 100, 30)
+    Image.new("RGB", size, colour).save(tmp_path / "flat.png")
+    pixels = clip_pixels(tmp_path / "flat.png", SMALL)
+    assert pixels.shape == (1, 3, 20, 20) and pixels.dtype == torch.float32
+    expected = (torch.tensor(colour) / 255 - torch.tensor(SMALL.image_mean)) / torch.tensor(SMALL.image_std)
+    assert torch.allclose(pixels[0].mean(dim=(1, 2)), expected, atol=1e-3)
+    assert torch.allclose(pixels[0], expected[:, None, None].expand(3, 20, 20), atol=1e-2)
+
+
+@pytest.mark.lesson10
+@pytest.mark.parametrize("landscape", [True, False])
+def test_clip_preprocessing_resizes_the_shorter_side_and_cuts_the_centre(landscape, tmp_path):
+    """A picture in three bands along its long side: red, green, blue. The shorter side
+    becomes 20 and the centre 20 x 20 is cut out: the green middle band fills most of it,
+    red and blue only its two edges, which they share equally."""
+    long, short = 90, 30                                 # -> 60 x 20 (or 20 x 60); the crop keeps 20..40
+    bands = np.zeros((short, long, 3), dtype=np.uint8)
+    for k, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+        bands[:, k * 30:(k + 1) * 30] = colour
+    picture = bands if landscape else bands.transpose(1, 0, 2)
+    Image.fromarray(np.ascontiguousarray(picture)).save(tmp_path / "bands.png")
+    pixels = clip_pixels(tmp_path / "bands.png", SMALL)[0]                # (3, 20, 20)
+    std, mean = torch.tensor(SMALL.image_std)[:, None, None], torch.tensor(SMALL.image_mean)[:, None, None]
+    along = (pixels * std + mean).mean(dim=1 if landscape else 2)        # (3, 20) in [0, 1], along the long side
+    red, green, blue = along
+    assert (green > 0.9).all() and red[10] < 0.02 and blue[10] < 0.02    # the middle band
+    assert red[0] > 0.02 and abs(float(red[0] - blue[-1])) < 0.01        # centred: red and blue bleed in alike
 
 
 def test_features_and_projected_features(ref, showo, tower):
@@ -94,7 +133,7 @@ def test_sequence_mask_and_logits(ref, showo):
     allowed = showo.clip_understanding_mask(ids)
     assert torch.equal(allowed[0], ref["mmu_vit.allowed"])
     with torch.no_grad():
-        logits = showo(embed_with_features(showo, ref["clip.projected"], ids), allowed)
+        logits = showo(showo.embed_with_features(ids, ref["clip.projected"]), allowed)
     assert_close(logits, ref["mmu_vit.logits"], "logits")
     assert cfg.soi_id == prefix[0, -1] and cfg.eoi_id == suffix[0, 0]
 
@@ -102,7 +141,7 @@ def test_sequence_mask_and_logits(ref, showo):
 @pytest.mark.parametrize("naive", [True, False], ids=["naive", "kv-cached"])
 def test_greedy_answer_tokens(ref, showo, naive):
     ids = reference_sequence(ref, showo)
-    embed = lambda tokens: embed_with_features(showo, ref["clip.projected"], tokens)   # noqa: E731
+    embed = lambda tokens: showo.embed_with_features(tokens, ref["clip.projected"])   # noqa: E731
     expected = ref["mmu_vit.greedy_next8"].view(1, -1)
     with torch.no_grad():
         # The reference picks from the whole vocabulary and never stops early.

@@ -45,6 +45,7 @@ EXPECTED_FILES = {
     "out/micro/samples.png": None, "out/micro/curves.png": (2 * 420, 260),
     "film.png": (4 * 16 * 34, 4 * 34),                      # the 16 MaskGIT steps the tiny run stores
     "film_maskgit.png": (4 * 16 * 34, 4 * 34),
+    "story.png": None,
 }
 
 
@@ -56,8 +57,8 @@ def scratch(tmp_path_factory):
     return folder
 
 
-def test_there_are_six_to_eight_lessons():
-    assert 6 <= len(COMMANDS) <= 8, [title for title, _ in COMMANDS]
+def test_there_are_six_to_ten_lessons():
+    assert 6 <= len(COMMANDS) <= 10, [title for title, _ in COMMANDS]
 
 
 @pytest.mark.parametrize("title, command", COMMANDS, ids=[title.split(".")[0] for title, _ in COMMANDS])

@@ -99,7 +99,7 @@ def defined_exercises(module):
 def test_every_exercise_has_a_starting_file_and_every_lesson_one():
     defined = {name for path in STARTING_FILES for name in defined_exercises(load_starting_file(path))}
     assert defined == set(EXERCISES), f"exercises without a starting file: {set(EXERCISES) - defined}"
-    assert {path.name[:2] for path in STARTING_FILES} == {f"0{n}" for n in range(1, 9)}
+    assert {path.name[:2] for path in STARTING_FILES} == {f"{n:02d}" for n in range(1, 11)}
 
 
 @pytest.mark.parametrize("path", STARTING_FILES, ids=[path.stem for path in STARTING_FILES])
