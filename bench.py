@@ -49,8 +49,7 @@ scores of a Show-o (MaskGIT) checkpoint against the same recipe trained autoregr
 Read first: checkpoint.py. Read next: COURSE.md (the lessons) and docs/paper_map.md.
 """
 
-import argparse
-import math
+import json
 import multiprocessing
 import random
 import resource
@@ -64,12 +63,17 @@ import torch
 
 import data
 import evaluate
-from attention import mmu_sequences, t2i_attention_mask, t2i_sequences
-from checkpoint import (UsageError, convert, exit_with_one_line, load_checkpoint, load_vision_tower,
-                        write_released_layout)
+from attention import mmu_sequences, t2i_attention_mask, t2i_image_positions, t2i_sequences
+from bpe import TextTokenizer
+from checkpoint import (CLIP_KEY_TABLE, config_from_released, convert, load_checkpoint, load_vision_tower,
+                        recommended_settings, released_key_names, rename_keys)
+from commands import phrase_question
 from model import IGNORE, Showo, ShowoConfig, mtp_loss
-from sampling import (DEFAULT_SETTINGS, answer_questions, answer_with_clip, generate_image_codes, generate_pictures,
-                      generate_text_cached, left_pad, phrase_question, recommended_settings)
+from readers import ClipConfig, ClipVisionTower, answer_with_clip
+from sampling import (answer_questions, decode_tokens, generate_image_codes, generate_pictures, left_pad,
+                      next_token_function, understanding_mask_of)
+from tensor_files import write_safetensors
+from tokenizer import ImageTokenizer, ImageTokenizerConfig
 
 
 @dataclass
@@ -123,10 +127,8 @@ def mmu_job(model, args, naive, small):
     padded, lengths = mmu_sequences(images + cfg.image_offset, questions, cfg)
     ids = left_pad([row[:n] for row, n in zip(padded.tolist(), lengths)], cfg.pad_id).to(device)
     count = 2 if small else args.new_tokens
-    if naive:
-        new = model.generate_text(ids, count, stop_at_eos=False, text_only=True)
-    else:
-        new = generate_text_cached(model, ids, count, stop_at_eos=False, text_only=True)
+    next_logits = next_token_function(model, understanding_mask_of(cfg), naive)
+    new = decode_tokens(lambda ids: next_logits(ids)[:, :cfg.llm_vocab_size], ids, count)   # text ids only, no EOS stop
     return new.tolist(), new.numel()
 
 
@@ -140,7 +142,7 @@ def train_job(model, args, explicit, small):
     ids = t2i_sequences(random_captions(cfg, args.train_batch, gen), tokens, cfg).to(device)
     allowed = t2i_attention_mask(ids, cfg.pad_id, cfg.soi_id, cfg.eoi_id)
     labels = torch.full(ids.shape, IGNORE)
-    labels[:, -(cfg.num_vq_tokens + 1):-1] = torch.where(hidden, images + cfg.image_offset, IGNORE)
+    labels[:, t2i_image_positions(cfg)] = torch.where(hidden, images + cfg.image_offset, IGNORE)
     model.train()
     model.use_explicit_attention(explicit)
     for _ in range(1 if small else args.train_steps):
@@ -239,6 +241,84 @@ def bench_section(section, args):
 # loading: the released sizes, written, converted, loaded and used (no download needed)
 # ----------------------------------------------------------------------------------------
 
+# The config files as the real downloads write them: show-o's names the vocabulary,
+# Phi-1.5's the sizes (with nulls among them), magvit's nothing about sizes at all.
+RELEASED_CONFIGS = {
+    "showo": {"_class_name": "Showo", "_diffusers_version": "0.30.1", "w_clip_vit": False, "vocab_size": 58498,
+              "llm_vocab_size": 50295, "llm_model_path": "microsoft/phi-1_5", "codebook_size": 8192,
+              "num_vq_tokens": 256, "load_from_showo": False, "mask_token_id": 58497},
+    "phi": {"_name_or_path": "microsoft/phi-1_5", "architectures": ["PhiForCausalLM"], "model_type": "phi",
+            "vocab_size": 51200, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24,
+            "num_attention_heads": 32, "num_key_value_heads": None, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+            "attention_dropout": 0.0, "hidden_act": "gelu_new", "max_position_embeddings": 2048,
+            "initializer_range": 0.02, "layer_norm_eps": 1e-05, "use_cache": True, "tie_word_embeddings": False,
+            "rope_theta": 10000.0, "rope_scaling": None, "partial_rotary_factor": 0.5, "qk_layernorm": False,
+            "bos_token_id": None, "eos_token_id": None, "torch_dtype": "float32"},
+    "magvit": {"_class_name": "MAGVITv2", "_diffusers_version": "0.30.1"},
+}
+
+
+def write_released_layout(directory, seed=0, clip=False):
+    """Random weights of the released sizes, written as the three downloads are laid out.
+
+    directory/showo: config.json + pytorch_model.bin (our model's weights renamed through
+    SHOWO_KEY_TABLE read right to left); directory/magvit: config.json +
+    model.safetensors; directory/phi: config.json + a small BPE learned on the shapes
+    world in GPT-2's file format (speed does not depend on which words the ids spell) +
+    Phi-1.5's 38 whitespace tokens in added_tokens.json. A full-size test of loading that
+    needs no download (bench.py loading); about 6.2 GB on disk.
+    clip=True: the CLIP-ViT variant instead (`w_clip_vit`, with `mm_projector`), and its
+    CLIP download in directory/clip (`write_released_clip`, 1.2 GB more).
+    """
+    directory = Path(directory)
+    for part, config in RELEASED_CONFIGS.items():
+        (directory / part).mkdir(parents=True, exist_ok=True)
+        config = {**config, "w_clip_vit": True} if part == "showo" and clip else config
+        (directory / part / "config.json").write_text(json.dumps(config, indent=2))
+    torch.manual_seed(seed)
+    showo_cfg = config_from_released(directory / "showo", directory / "phi")
+    if clip:
+        showo_cfg.clip_width = ClipConfig().hidden_size
+        write_released_clip(directory / "clip", ClipConfig())
+    renamed, _ = released_key_names(Showo(showo_cfg).state_dict())
+    torch.save(renamed, directory / "showo" / "pytorch_model.bin")
+    del renamed
+    write_safetensors(directory / "magvit" / "model.safetensors", ImageTokenizer(ImageTokenizerConfig()).state_dict())
+    text_tokenizer = TextTokenizer.train(data.text_corpus(2000, seed=0), 512)
+    text_tokenizer.save(directory / "phi")
+    whitespace = {" " * n: 50257 + 31 - n for n in range(31, 1, -1)}
+    whitespace.update({"\t" * n: 50287 + 9 - n for n in range(9, 1, -1)})
+    (directory / "phi" / "added_tokens.json").write_text(json.dumps({**text_tokenizer.added_tokens, **whitespace}))
+
+
+def write_released_clip(directory, cfg):
+    """Random weights of a CLIP download with the tower `cfg` describes, in its layout.
+
+    config.json (`vision_config`, one layer more than cfg runs: the download's last one,
+    which Show-o never uses), preprocessor_config.json in the older format
+    openai/clip-vit-large-patch14-336 ships (bare sizes), and model.safetensors with the
+    vision tower's keys (CLIP_KEY_TABLE read right to left, plus the post-LayerNorm). The
+    text tower is left out: loading ignores it. Full size (the default ClipConfig): 1.2 GB.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vision = {"hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers + 1,
+              "num_attention_heads": cfg.num_heads, "intermediate_size": cfg.intermediate_size,
+              "image_size": cfg.image_size, "patch_size": cfg.patch_size, "layer_norm_eps": cfg.layer_norm_eps,
+              "hidden_act": "quick_gelu", "model_type": "clip_vision_model"}
+    (directory / "config.json").write_text(json.dumps({"architectures": ["CLIPModel"], "model_type": "clip",
+                                                       "vision_config": vision}, indent=2))
+    preprocessing = {"crop_size": cfg.image_size, "size": cfg.resize_to, "do_center_crop": True,
+                     "do_normalize": True, "do_resize": True, "feature_extractor_type": "CLIPFeatureExtractor",
+                     "image_mean": list(cfg.image_mean), "image_std": list(cfg.image_std), "resample": 3}
+    (directory / "preprocessor_config.json").write_text(json.dumps(preprocessing, indent=2))
+    tower = ClipVisionTower(replace(cfg, num_layers=cfg.num_layers + 1))
+    state, _ = rename_keys(tower.state_dict(), [(ours, theirs) for theirs, ours in CLIP_KEY_TABLE])
+    state["vision_model.post_layernorm.weight"] = torch.ones(cfg.hidden_size)
+    state["vision_model.post_layernorm.bias"] = torch.zeros(cfg.hidden_size)
+    write_safetensors(directory / "model.safetensors", state)
+
+
 PICTURE_STEPS = 2   # a full 18-step picture at 1.4B parameters takes minutes on a CPU
 
 
@@ -296,9 +376,8 @@ def bench_loading(args):
         # In a process of its own too: on Linux a child inherits its parent's peak RSS
         # (ru_maxrss survives fork and exec), so a parent that held the random weights would
         # inflate every step's peak below.
-        gpt2 = Path(__file__).resolve().parent / "tests" / "fixtures" / "gpt2_bpe"
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            pool.submit(write_released_layout, directory, gpt2, 0, args.clip).result()
+            pool.submit(write_released_layout, directory, 0, args.clip).result()
     files = [directory / "showo" / "pytorch_model.bin", directory / "magvit" / "model.safetensors"]
     read = sum(f.stat().st_size for f in files + ([directory / "clip" / "model.safetensors"] if args.clip else []))
     print(f"released weights on disk: {read / 1e9:.2f} GB (float32)\n")
@@ -406,76 +485,9 @@ def bench_inference(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Benchmarks: inference paths, loading at full size, MaskGIT vs AR.")
-    sub = p.add_subparsers(dest="command")
-    inference = sub.add_parser(
-        "inference", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        help="naive vs cached t2i and mmu, SDPA vs explicit attention (the default)")
-    inference.add_argument("--hidden", type=int, default=384, help="CPU section: hidden size")
-    inference.add_argument("--layers", type=int, default=6, help="CPU section: transformer layers")
-    inference.add_argument("--heads", type=int, default=6, help="CPU section: attention heads")
-    inference.add_argument("--prompts", type=int, default=1,
-                           help="t2i captions per batch (guidance doubles the rows)")
-    inference.add_argument("--steps", type=int, default=18, help="t2i MaskGIT steps")
-    inference.add_argument("--guidance", type=float, default=DEFAULT_SETTINGS["guidance"], help="t2i guidance scale w")
-    inference.add_argument("--questions", type=int, default=2, help="mmu questions per batch (ragged lengths)")
-    inference.add_argument("--new-tokens", type=int, default=100, help="mmu answer tokens generated per question")
-    inference.add_argument("--train-batch", type=int, default=2, help="training step: t2i sequences per batch")
-    inference.add_argument("--train-steps", type=int, default=2, help="training steps timed (after one warm-up)")
-    inference.add_argument("--threads", type=int, default=1,
-                           help="CPU threads for torch; 1 keeps timings steady on a shared machine, "
-                                "0 is torch's default (one per core)")
-    inference.add_argument("--repeats", type=int, default=1, help="time each job this many times, keep the best")
-    inference.add_argument("--no-cpu", action="store_true", help="skip the mid-size CPU section")
-    inference.add_argument("--no-cuda", action="store_true", help="skip the full-size CUDA section")
-    loading = sub.add_parser("loading", help="random weights of the released sizes: convert, load, use "
-                                             "(minutes, about 12 GB of memory and 10 GB of disk)")
-    loading.add_argument("--dir", help="where to write the released layout (default: out/released-random, "
-                                       "with --clip out/released-random-clip)")
-    loading.add_argument("--clip", action="store_true",
-                         help="the CLIP-ViT variant (show-o-w-clip-vit + CLIP-L/14-336) instead")
-    compare = sub.add_parser("compare", help="MaskGIT against raster-order drawing: speed and scores")
-    compare.add_argument("--mtp", required=True, help="a train.py checkpoint (image_objective mtp)")
-    compare.add_argument("--ar", required=True, help="the same recipe with --image-objective ar")
-    compare.add_argument("--pictures", type=int, default=100, help="pictures drawn for the timing")
-    compare.add_argument("--mtp-steps", type=int, nargs="+", default=[4, 8, 12, 24])
-    compare.add_argument("--mtp-set", action="append", default=[], metavar="NAME=VALUE",
-                         help="sampling override for the mtp arm: guidance=W or temperature=T (repeatable)")
-    compare.add_argument("--ar-set", action="append", default=[], metavar="NAME=VALUE",
-                         help="sampling override for the ar arm: guidance=W, temperature=T or top_k=K (repeatable)")
-    compare.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    argv = sys.argv[1:] if argv is None else argv
-    args = p.parse_args(argv or ["inference"])
-    exit_with_one_line(run, args)
-
-
-def run(args):
-    """Check every number, then run the one benchmark asked for."""
-    check_arguments(args)
-    {"loading": bench_loading, "compare": bench_compare, "inference": bench_inference}[args.command](args)
-
-
-# Counts that must be at least 1, per subcommand (the option names as argparse stores them).
-AT_LEAST_ONE = {"inference": ("hidden", "layers", "heads", "prompts", "steps", "questions", "new_tokens",
-                              "train_batch", "train_steps", "repeats"),
-                "compare": ("pictures",), "loading": ()}
-
-
-def check_arguments(args):
-    """Every number checked, one line each, before anything is built or loaded."""
-    for name in AT_LEAST_ONE[args.command]:
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1")
-    if getattr(args, "threads", 0) < 0:
-        raise UsageError(f"--threads {args.threads}: give 0 (one per core) or more")
-    if args.command == "inference":
-        if not (math.isfinite(args.guidance) and 0 <= args.guidance <= 100):
-            raise UsageError(f"--guidance {args.guidance}: give a number in [0, 100]")
-        if args.hidden % args.heads or (args.hidden // args.heads) % 4:
-            raise UsageError(f"--hidden {args.hidden} / --heads {args.heads}: the head size must be a whole "
-                             f"multiple of 4 (rotary embedding)")
-    if args.command == "compare" and min(args.mtp_steps) < 1:
-        raise UsageError(f"--mtp-steps {args.mtp_steps}: every step count must be at least 1")
+    """`python bench.py [inference|loading|compare]`: parsed, checked and run by cli.py (errors as one line)."""
+    from cli import bench_command
+    bench_command(argv)
 
 
 if __name__ == "__main__":

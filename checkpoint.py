@@ -1,4 +1,5 @@
-"""File formats: the released downloads, and this project's one-file checkpoint.
+"""File formats: the released downloads, and this project's one-file checkpoint (nanoGPT's
+`from_pretrained`, for Show-o).
 
 Show-o's weights come as three downloads (docs/checkpoints.md has the full layout):
 
@@ -7,411 +8,41 @@ Show-o's weights come as three downloads (docs/checkpoints.md has the full layou
   possibly sharded with an `*.index.json`;
 * `showlab/magvitv2`: the image tokenizer, config.json and `*.safetensors`;
 * `microsoft/phi-1_5`: config.json (the transformer's sizes) and the BPE files;
-* for the CLIP-ViT variant (`showlab/show-o-w-clip-vit`, config `w_clip_vit: true`) also
-  `openai/clip-vit-large-patch14-336`: its vision tower reads the pictures to understand.
 
-This file reads all of them and writes ONE file, the checkpoint that train.py writes and
-sampling.py reads. In order:
+and, for the CLIP-ViT variant (`showlab/show-o-w-clip-vit`, config `w_clip_vit: true`),
+a fourth: `openai/clip-vit-large-patch14-336`, whose vision tower reads the pictures to
+understand. This file reads all of them (through tensor_files.py, one tensor at a time)
+and writes ONE file, the checkpoint that train.py writes and sampling.py reads. In order:
 
-0. what every command line of the project shares: `UsageError` (one line for the user,
-   never a traceback), `pick_device`, output paths checked before any work, and
-   `one_writer` (one training run per checkpoint file);
-1. `StoredTensor` and the two weight-file readers (safetensors and torch's zip pickle),
-   both lazy: a tensor's bytes are read only when it is needed, one tensor at a time, so
-   loading never holds two copies of the weights;
-2. `SHOWO_KEY_TABLE` (and `CLIP_KEY_TABLE`), the visible tables from the released key
+1. `SHOWO_KEY_TABLE` (and `CLIP_KEY_TABLE`), the visible tables from the released key
    names to ours;
-3. reading released folders (`load_released_showo`, `load_released_image_tokenizer`,
-   `load_released_clip`);
-4. the one-file checkpoint (`save_checkpoint`, `load_checkpoint`, `load_vision_tower`) and
-   `python checkpoint.py convert ...`, with what the authors' own inference uses:
-   their question template and their sampling settings for each task.
+2. filling our networks from stored tensors, and reading released folders
+   (`load_released_showo`, `load_released_image_tokenizer`, `load_released_clip`);
+3. the one-file checkpoint (`save_checkpoint`, `load_checkpoint`, `load_vision_tower`) and
+   `convert` (`python checkpoint.py convert ...`), with what the authors' own inference
+   uses: their question template and their sampling settings for each task.
 
-Read first: sampling.py (and model.py / tokenizer.py, the networks these weights fill).
-Read next: bench.py (its `loading` section times and measures all of this at full size).
+Read first: model.py and tokenizer.py (the networks these weights fill).
+Read next: tensor_files.py, or bench.py (its `loading` section measures all of this at full size).
 """
 
-import argparse
-import json
 import os
-import pickle
 import re
-import struct
-import sys
-import tempfile
-import zipfile
-import zlib
-from collections import OrderedDict
-from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from model import ClipConfig, ClipVisionTower, Showo, ShowoConfig
-from tokenizer import ImageTokenizer, ImageTokenizerConfig, TextTokenizer, read_json
+from bpe import TextTokenizer
+from model import Showo, ShowoConfig
+from readers import ClipConfig, ClipVisionTower
+from tensor_files import (CheckpointError, StoredTensor, all_finite, crc32, damaged, first_line, read_config,
+                          read_torch_file, read_weights)
+from tokenizer import ImageTokenizer, ImageTokenizerConfig
 
 
 # ----------------------------------------------------------------------------------------
-# 0. What every command line shares: one-line errors, the device, outputs that are safe
-#    to write (checked before any work, one writer at a time)
-# ----------------------------------------------------------------------------------------
-
-class UsageError(Exception):
-    """Bad input from the user: a file, a flag, a value. The message is one line that says
-    what to do; every command line of the project prints it as `error: ...` and exits."""
-
-
-class CheckpointError(UsageError):
-    """A checkpoint that cannot be loaded; the message says what to do."""
-
-
-def exit_with_one_line(job, *args):
-    """Run a command's job; bad input (UsageError, ValueError, OSError) and Ctrl-C end it with
-    one line on stderr and a non-zero exit, never a traceback. For the CLIs that write
-    their outputs only at the end (sampling.py, evaluate.py, bench.py)."""
-    try:
-        return job(*args)
-    except (UsageError, ValueError, OSError) as error:
-        sys.exit(f"error: {error}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted: nothing was written")
-
-
-def pick_device(name):
-    """Where the weights go: 'auto' -> cuda when present; 'cuda' without CUDA is an error,
-    never a silent fallback to the CPU."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but no CUDA GPU is visible: use --device cpu")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def check_writable_folder(folder, what, create=False):
-    """Refuse, before any work, a folder that cannot take a new file (`what` names the flag).
-
-    Creates and removes a small probe file there: os.access cannot tell, because these tools
-    often run as root, to whom it answers yes even on a read-only disk. With create=True a
-    missing folder is fine (the tool makes it): its nearest existing parent is probed.
-    """
-    folder = Path(folder)
-    while create and not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UsageError(f"{what}: the folder {folder} does not exist: create it first or choose another place")
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
-            pass
-    except OSError as error:
-        raise UsageError(f"{what}: cannot write in {folder} ({error.strerror}): choose another place") from None
-
-
-def check_writable_file(path, what):
-    """The same for an output file: not an existing folder, and its folder takes new files."""
-    path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"{what} {path} is a folder: give a file name in it")
-    check_writable_folder(path.parent, what)
-
-
-def first_line(error):
-    """An exception's message cut to one line (torch's RuntimeErrors span several)."""
-    return (str(error).splitlines() or [error.__class__.__name__])[0]
-
-
-def damaged(path, what):
-    """The one message for a weights or config file whose bytes make no sense."""
-    return CheckpointError(f"{path} is damaged ({what}): the download or write was cut or corrupted; "
-                           f"download or write it again")
-
-
-def read_config(path):
-    """tokenizer.read_json ({} when missing), with a damaged file as a CheckpointError."""
-    try:
-        return read_json(Path(path))
-    except ValueError as error:                  # tokenizer.py cannot import CheckpointError
-        raise CheckpointError(str(error)) from None
-
-
-@contextmanager
-def one_writer(path):
-    """Hold PATH.lock (holding our pid) while a run writes PATH; refuse a second live writer.
-
-    Two training runs in one --out-dir would overwrite each other's checkpoints. A lock
-    left by a process that does not exist (a killed run) is taken over.
-    """
-    lock = Path(f"{path}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            owner = lock.read_text().strip() if lock.is_file() else ""
-            if owner.isdigit() and process_exists(int(owner)):
-                raise UsageError(f"another run (pid {owner}) is writing {path}: wait for it to finish, "
-                                 f"or give this one another --out-dir") from None
-            lock.unlink(missing_ok=True)
-    else:
-        raise UsageError(f"cannot take the lock {lock}: remove it if no run is writing {path}")
-    os.write(descriptor, str(os.getpid()).encode())
-    os.close(descriptor)
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def process_exists(pid):
-    """Whether a process with this pid is running (signal 0 checks without sending anything)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:            # it exists, but belongs to someone else
-        return True
-    return True
-
-
-# ----------------------------------------------------------------------------------------
-# 1. Weight files, read one tensor at a time
-# ----------------------------------------------------------------------------------------
-
-class StoredTensor:
-    """A tensor still on disk: its shape and dtype, and `load()` to read its bytes."""
-
-    def __init__(self, path, shape, dtype, read):
-        self.path, self.shape, self.dtype, self._read = path, torch.Size(shape), dtype, read
-
-    def read(self):
-        """The tensor exactly as stored (dtype and bytes), on the CPU: what checksums cover."""
-        return self._read()
-
-    def load(self, dtype=None, device="cpu"):
-        """Read the tensor, then cast / move it (its file bytes are released right after)."""
-        tensor = self._read()
-        return tensor.to(device=device, dtype=dtype or tensor.dtype)
-
-
-def all_finite(tensor):
-    """No NaN or inf in a tensor. Its min and max show both (NaN propagates through them),
-    in one pass and without a copy: torch.isfinite(t).all() was 100x slower, a minute at full size."""
-    if not tensor.is_floating_point() or tensor.numel() == 0:
-        return True
-    return bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all())
-
-
-def crc32(tensor):
-    """CRC-32 of a tensor's bytes in memory order (zlib's runs at GB/s: cheap beside the read).
-    Flattened first, because a 0-d tensor cannot be viewed as bytes."""
-    return zlib.crc32(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
-
-
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-}
-
-
-def _read_bytes(path, offset, size):
-    """`size` bytes of `path` from `offset`, read straight into the one buffer the tensor
-    will keep (`bytearray(f.read(size))` would hold each tensor twice for a moment; at full
-    size both peak at 1.11x the bf16 weights, so this is tidiness rather than a saving)."""
-    buffer = bytearray(size)
-    with open(path, "rb") as f:
-        f.seek(offset)
-        if f.readinto(buffer) != size:
-            raise CheckpointError(f"{path} ends early: the file is incomplete, write or download it again")
-    return buffer
-
-
-def _zip_member_bytes(path, member):
-    """The bytes of one member of torch.save's zip file, read in place when it is stored
-    uncompressed (torch.save never compresses): its data starts after the local header."""
-    if member.compress_type != zipfile.ZIP_STORED:
-        with zipfile.ZipFile(path) as archive:
-            return bytearray(archive.read(member))
-    with open(path, "rb") as f:
-        f.seek(member.header_offset)
-        name_length, extra_length = struct.unpack("<HH", f.read(30)[26:30])
-    return _read_bytes(path, member.header_offset + 30 + name_length + extra_length, member.file_size)
-
-
-def read_safetensors(path):
-    """The tensors of a .safetensors file, as StoredTensors. The format is tiny:
-
-    [8 bytes: little-endian header length n][n bytes: JSON header][raw tensor bytes]
-    The header maps each name to {dtype, shape, data_offsets: [begin, end]}, offsets
-    counted from the end of the header.
-    """
-    # Every number in the header is checked against the file before it is used: a damaged
-    # download would otherwise ask for an exabyte (OverflowError) or read past the end.
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        start = f.read(8)
-        if len(start) < 8:
-            raise damaged(path, "shorter than a safetensors header")
-        (header_len,) = struct.unpack("<Q", start)
-        if header_len > size - 8:
-            raise damaged(path, f"header of {header_len} bytes in a file of {size}")
-        try:
-            header = json.loads(f.read(header_len))
-        except ValueError:                        # bad JSON or bad UTF-8
-            raise damaged(path, "its header is not JSON") from None
-    if not isinstance(header, dict):
-        raise damaged(path, "its header is not a JSON object")
-    data_size = size - 8 - header_len
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            begin, end = info["data_offsets"]
-            dtype, shape = _SAFETENSORS_DTYPES[info["dtype"]], torch.Size(info["shape"])
-        except (KeyError, TypeError, ValueError):
-            raise damaged(path, f"tensor {name} has no valid dtype, shape and data_offsets") from None
-        nbytes = shape.numel() * dtype.itemsize
-        if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= data_size
-                and end - begin == nbytes):
-            raise damaged(path, f"tensor {name} needs {nbytes} bytes, its offsets say [{begin}, {end}) "
-                                f"of the {data_size} the file holds")
-
-        def read(begin=begin, end=end, dtype=dtype, shape=shape):
-            raw = _read_bytes(path, 8 + header_len + begin, end - begin)
-            return torch.frombuffer(raw, dtype=dtype).reshape(shape) if raw else torch.empty(shape, dtype=dtype)
-        tensors[name] = StoredTensor(path, shape, dtype, read)
-    return tensors
-
-
-def write_safetensors(path, tensors):
-    """The inverse of read_safetensors (tensors are written contiguous, in name order)."""
-    names = {dtype: name for name, dtype in _SAFETENSORS_DTYPES.items()}
-    header, offset = {}, 0
-    for name, tensor in tensors.items():
-        size = tensor.numel() * tensor.element_size()
-        header[name] = {"dtype": names[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    encoded = json.dumps(header).encode()
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(encoded)) + encoded)
-        for tensor in tensors.values():
-            f.write(tensor.contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-
-
-# torch.save writes a zip: `NAME/data.pkl` is a pickle of the saved object in which every
-# tensor is a call  torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)
-# and every storage a "persistent id" ('storage', torch.FloatStorage, key, device, numel)
-# whose bytes are the zip member `NAME/data/KEY`. torch.load reads all of them at once;
-# the unpickler below builds StoredTensors instead, and only for these few known names
-# (any other global in the pickle is refused, as torch.load(weights_only=True) does).
-_STORAGE_DTYPES = {
-    "DoubleStorage": torch.float64, "FloatStorage": torch.float32, "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool,
-}
-
-
-class _NotAllowed(pickle.UnpicklingError):
-    """A global other than tensors and plain containers: the file is some other pickle."""
-
-
-class _LazyUnpickler(pickle.Unpickler):
-    def __init__(self, archive, prefix, path):
-        super().__init__(archive.open(f"{prefix}data.pkl"))
-        self.archive, self.prefix, self.path = archive, prefix, path
-
-    def find_class(self, module, name):
-        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return self.stored_tensor
-        if (module, name) == ("collections", "OrderedDict"):
-            return OrderedDict
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _STORAGE_DTYPES[name]
-        raise _NotAllowed(f"{module}.{name}")
-
-    def persistent_load(self, persistent_id):
-        _, dtype, key, _, numel = persistent_id                  # ('storage', dtype, key, device, numel)
-        return dtype, key, numel
-
-    def stored_tensor(self, storage, offset, size, stride, *unused):
-        dtype, key, numel = storage
-        member = self.archive.getinfo(f"{self.prefix}data/{key}")
-
-        def read():
-            raw = _zip_member_bytes(self.path, member)
-            return torch.frombuffer(raw, dtype=dtype).as_strided(size, stride, offset) if numel else \
-                torch.empty(size, dtype=dtype)
-        return StoredTensor(self.path, size, dtype, read)
-
-
-def read_torch_file(path):
-    """What torch.save wrote to `path`, with every tensor left on disk as a StoredTensor."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            pickles = [name for name in archive.namelist() if name.endswith("data.pkl")]
-            if not pickles:
-                raise zipfile.BadZipFile("no data.pkl inside")
-            return _LazyUnpickler(archive, pickles[0][:-len("data.pkl")], path).load()
-    except _NotAllowed as error:
-        # Never unpickled in full (that could run any code the file names), so no advice
-        # about torch.load(weights_only=False) either: this is simply not a weights file.
-        raise CheckpointError(f"{path} holds a Python object ({error}), not only tensors: it is not a "
-                              f"weights file; give a checkpoint written by train.py or convert") from None
-    except OSError as error:                     # not a damaged file: a folder, no permission, a disk error
-        raise CheckpointError(f"cannot read {path} ({error.strerror or error}): check the path and "
-                              f"its permissions") from None
-    except Exception as error:
-        # A cut or garbled zip or pickle fails in any of a dozen ways (BadZipFile, EOFError,
-        # UnpicklingError, KeyError, struct.error, ...): all mean the same to the user.
-        raise CheckpointError(f"{path} is not a readable torch checkpoint ({error.__class__.__name__}): "
-                              f"the file is damaged or cut short; download or write it again") from None
-
-
-def materialize(value):
-    """A loaded object with every StoredTensor read into memory (for small parts, e.g. optimizer state)."""
-    if isinstance(value, StoredTensor):
-        return value.load()
-    if isinstance(value, dict):
-        return {k: materialize(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(materialize(v) for v in value)
-    return value
-
-
-def read_weights(directory):
-    """All tensors of a released checkpoint directory, as StoredTensors, whatever the layout.
-
-    Accepted: pytorch_model.bin; model.safetensors / any *.safetensors; and sharded
-    variants described by a *.index.json ({"weight_map": {name: shard file}}).
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"checkpoint directory {directory} not found: pass the folder "
-                              f"downloaded with huggingface-cli")
-    index = sorted(directory.glob("*.index.json"))
-    if index:
-        weight_map = read_config(index[0]).get("weight_map")
-        if not isinstance(weight_map, dict) or not all(isinstance(n, str) for n in weight_map.values()):
-            raise damaged(index[0], 'no "weight_map" of tensor names to shard files')
-        files = [directory / name for name in sorted(set(weight_map.values()))]
-    else:
-        files = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
-    if not files:
-        raise CheckpointError(f"no weights in {directory}: expected pytorch_model.bin or "
-                              f"*.safetensors (with an *.index.json when sharded)")
-    state = {}
-    for file in files:
-        if not file.exists():
-            raise CheckpointError(f"shard {file.name} named in the index is missing from {directory}")
-        state.update(read_safetensors(file) if file.suffix == ".safetensors" else read_torch_file(file))
-    return state
-
-
-# ----------------------------------------------------------------------------------------
-# 2. Released key names -> ours
+# 1. Released key names -> ours
 # ----------------------------------------------------------------------------------------
 
 # Released Show-o key (left) -> our parameter name (right). {i} is the layer number.
@@ -494,7 +125,7 @@ def released_key_names(state_dict):
 
 
 # ----------------------------------------------------------------------------------------
-# 3. Filling our networks from stored tensors
+# 2. Filling our networks from stored tensors, reading released folders
 # ----------------------------------------------------------------------------------------
 
 def build_empty(module_class, cfg):
@@ -723,85 +354,8 @@ def load_released_image_tokenizer(directory, num_vq_tokens=None, dtype=None):
     return fill(build_empty(ImageTokenizer, cfg), read_weights(directory), directory, dtype).eval()
 
 
-# The config files as the real downloads write them: show-o's names the vocabulary,
-# Phi-1.5's the sizes (with nulls among them), magvit's nothing about sizes at all.
-RELEASED_CONFIGS = {
-    "showo": {"_class_name": "Showo", "_diffusers_version": "0.30.1", "w_clip_vit": False, "vocab_size": 58498,
-              "llm_vocab_size": 50295, "llm_model_path": "microsoft/phi-1_5", "codebook_size": 8192,
-              "num_vq_tokens": 256, "load_from_showo": False, "mask_token_id": 58497},
-    "phi": {"_name_or_path": "microsoft/phi-1_5", "architectures": ["PhiForCausalLM"], "model_type": "phi",
-            "vocab_size": 51200, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24,
-            "num_attention_heads": 32, "num_key_value_heads": None, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
-            "attention_dropout": 0.0, "hidden_act": "gelu_new", "max_position_embeddings": 2048,
-            "initializer_range": 0.02, "layer_norm_eps": 1e-05, "use_cache": True, "tie_word_embeddings": False,
-            "rope_theta": 10000.0, "rope_scaling": None, "partial_rotary_factor": 0.5, "qk_layernorm": False,
-            "bos_token_id": None, "eos_token_id": None, "torch_dtype": "float32"},
-    "magvit": {"_class_name": "MAGVITv2", "_diffusers_version": "0.30.1"},
-}
-
-
-def write_released_layout(directory, gpt2_dir, seed=0, clip=False):
-    """Random weights of the released sizes, written as the three downloads are laid out.
-
-    directory/showo: config.json + pytorch_model.bin (our model's weights renamed through
-    SHOWO_KEY_TABLE read right to left); directory/magvit: config.json +
-    model.safetensors; directory/phi: config.json + GPT-2's vocab.json and merges.txt
-    (from gpt2_dir) + Phi-1.5's 38 whitespace tokens in added_tokens.json. A full-size
-    test of loading that needs no download (bench.py loading); about 6.2 GB on disk.
-    clip=True: the CLIP-ViT variant instead (`w_clip_vit`, with `mm_projector`), and its
-    CLIP download in directory/clip (`write_released_clip`, 1.2 GB more).
-    """
-    directory = Path(directory)
-    for part, config in RELEASED_CONFIGS.items():
-        (directory / part).mkdir(parents=True, exist_ok=True)
-        config = {**config, "w_clip_vit": True} if part == "showo" and clip else config
-        (directory / part / "config.json").write_text(json.dumps(config, indent=2))
-    torch.manual_seed(seed)
-    showo_cfg = config_from_released(directory / "showo", directory / "phi")
-    if clip:
-        showo_cfg.clip_width = ClipConfig().hidden_size
-        write_released_clip(directory / "clip", ClipConfig())
-    renamed, _ = released_key_names(Showo(showo_cfg).state_dict())
-    torch.save(renamed, directory / "showo" / "pytorch_model.bin")
-    del renamed
-    write_safetensors(directory / "magvit" / "model.safetensors", ImageTokenizer(ImageTokenizerConfig()).state_dict())
-    for name in ("vocab.json", "merges.txt"):
-        (directory / "phi" / name).write_bytes((Path(gpt2_dir) / name).read_bytes())
-    whitespace = {" " * n: 50257 + 31 - n for n in range(31, 1, -1)}
-    whitespace.update({"\t" * n: 50287 + 9 - n for n in range(9, 1, -1)})
-    (directory / "phi" / "added_tokens.json").write_text(json.dumps(whitespace))
-
-
-def write_released_clip(directory, cfg):
-    """Random weights of a CLIP download with the tower `cfg` describes, in its layout.
-
-    config.json (`vision_config`, one layer more than cfg runs: the download's last one,
-    which Show-o never uses), preprocessor_config.json in the older format
-    openai/clip-vit-large-patch14-336 ships (bare sizes), and model.safetensors with the
-    vision tower's keys (CLIP_KEY_TABLE read right to left, plus the post-LayerNorm). The
-    text tower is left out: loading ignores it. Full size (the default ClipConfig): 1.2 GB.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    vision = {"hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers + 1,
-              "num_attention_heads": cfg.num_heads, "intermediate_size": cfg.intermediate_size,
-              "image_size": cfg.image_size, "patch_size": cfg.patch_size, "layer_norm_eps": cfg.layer_norm_eps,
-              "hidden_act": "quick_gelu", "model_type": "clip_vision_model"}
-    (directory / "config.json").write_text(json.dumps({"architectures": ["CLIPModel"], "model_type": "clip",
-                                                       "vision_config": vision}, indent=2))
-    preprocessing = {"crop_size": cfg.image_size, "size": cfg.resize_to, "do_center_crop": True,
-                     "do_normalize": True, "do_resize": True, "feature_extractor_type": "CLIPFeatureExtractor",
-                     "image_mean": list(cfg.image_mean), "image_std": list(cfg.image_std), "resample": 3}
-    (directory / "preprocessor_config.json").write_text(json.dumps(preprocessing, indent=2))
-    tower = ClipVisionTower(replace(cfg, num_layers=cfg.num_layers + 1))
-    state, _ = rename_keys(tower.state_dict(), [(ours, theirs) for theirs, ours in CLIP_KEY_TABLE])
-    state["vision_model.post_layernorm.weight"] = torch.ones(cfg.hidden_size)
-    state["vision_model.post_layernorm.bias"] = torch.zeros(cfg.hidden_size)
-    write_safetensors(directory / "model.safetensors", state)
-
-
 # ----------------------------------------------------------------------------------------
-# 4. The one-file checkpoint
+# 3. The one-file checkpoint
 # ----------------------------------------------------------------------------------------
 
 CHECKPOINT_FORMAT = "showo-from-scratch/1"
@@ -832,6 +386,20 @@ RELEASED_SAMPLING = {
           "inpainting": {"steps": 16, "guidance": 1.75},
           "extrapolation": {"steps": 16, "guidance": 1.75}},
 }
+
+
+# Used when a checkpoint stores no settings of its own: the authors' 256 px text-to-image
+# settings, with MaskGIT's re-masking temperature and no top-k.
+DEFAULT_SETTINGS = {**RELEASED_SAMPLING[256]["t2i"], "temperature": 1.0, "top_k": None}
+
+
+def recommended_settings(extra, task):
+    """{"steps", "guidance", "temperature", "top_k"} a checkpoint recommends for a picture task.
+
+    train.py stores the settings its scores were measured with; convert stores the authors'
+    published ones, which differ by task and resolution.
+    """
+    return {**DEFAULT_SETTINGS, **extra.get("sampling", {}).get(task, {})}
 
 
 def save_checkpoint(path, model, vq, text_tokenizer, extra=None, dtype=None, clip=None):
@@ -942,7 +510,6 @@ def convert(showo_dir, magvit_dir, tokenizer_dir, out, dtype="fp32", clip_dir=No
 
     clip_dir: the CLIP download, needed by (and only by) the CLIP-ViT variant.
     """
-    check_writable_file(out, "--out")            # before minutes of reading, not after
     showo_config = read_config(Path(showo_dir) / "config.json")   # {} when missing: load_released_showo says so
     clip_variant = bool(showo_config.get("w_clip_vit"))
     if clip_variant and clip_dir is None:
@@ -986,22 +553,9 @@ def convert(showo_dir, magvit_dir, tokenizer_dir, out, dtype="fp32", clip_dir=No
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Show-o checkpoint files.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("convert", help="released checkpoint folders -> one showo.pt")
-    c.add_argument("--showo", required=True, help="folder of showlab/show-o (or show-o-512x512)")
-    c.add_argument("--magvit", required=True, help="folder of showlab/magvitv2")
-    c.add_argument("--tokenizer", required=True,
-                   help="folder of microsoft/phi-1_5 (vocab.json, merges.txt, config.json)")
-    c.add_argument("--clip", help="folder of openai/clip-vit-large-patch14-336, for the CLIP-ViT variant "
-                                  "(showlab/show-o-w-clip-vit) only")
-    c.add_argument("--out", default="showo.pt")
-    c.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    args = parser.parse_args(argv)
-    try:
-        convert(args.showo, args.magvit, args.tokenizer, args.out, args.dtype, args.clip)
-    except (UsageError, ValueError, OSError) as error:   # every one a one-line message, no traceback
-        sys.exit(f"error: {error}")
+    """`python checkpoint.py convert ...`: parsed, checked and run by cli.py (errors as one line)."""
+    from cli import checkpoint_command
+    checkpoint_command(argv)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,12 @@
-"""
-The data Show-o learns from in this repository.
+"""The data Show-o learns from in this repository: the shapes world.
 
 Show-o (arXiv 2408.12528v7, Appendix C "Training Pipeline") trains on ImageNet, large
 image-text corpora and instruction data; this file stands in for them at laptop scale.
 
-Most of this file is the "shapes world" (docs/shapes_world.md): a procedurally
-generated image-text world, small enough that a tiny Show-o trains on a laptop CPU in
-minutes, yet rich enough to exercise every part of the method. A scene is one or two
-coloured shapes on a black 32x32 canvas; from each scene we derive
+The "shapes world" (docs/shapes_world.md) is a procedurally generated image-text world,
+small enough that a tiny Show-o trains on a laptop CPU in minutes, yet rich enough to
+exercise every part of the method. A scene is one or two coloured shapes on a black 32x32
+canvas; from each scene we derive
 
 - an image and its caption      -> text-to-image pairs (<|t2i|> sequences; docs/sequences.md),
 - question / answer pairs        -> multimodal understanding: captioning and VQA (<|mmu|> sequences),
@@ -15,29 +14,29 @@ coloured shapes on a black 32x32 canvas; from each scene we derive
 
 Because the world is known exactly, we can also *score* a generated image: describe()
 reads the objects back from the pixels, and matches() checks them against the prompt.
-
-The last section loads a user's own folder of captioned images, for people who want to
-train on real pictures instead.
+The last section turns pictures into the image tokenizer's tensors and codes and back.
+(A folder of your own captioned pictures is read by pictures.load_caption_folder;
+stories of several frames are stories.py.)
 
 Everything is deterministic given a seed: each function takes its own random.Random,
 never the global one, so the same seed gives the same data on every machine.
 
-Read first: model.py. Read next: train.py.
+Read first: sampling.py. Read next: stories.py and readers.py (the extensions), or the
+reference files beside the reading path (README.md).
 """
 
 import itertools
-import json
 import random
 import re
-import warnings
 from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from pictures import resize_and_crop
 
 # -----------------------------------------------------------------------------
 # The world's vocabulary and geometry
@@ -455,202 +454,6 @@ def text_corpus(n: int, seed: int) -> list[str]:
 
 
 # -----------------------------------------------------------------------------
-# Stories: frames that change one thing at a time (mixed-modality generation)
-#
-# Show-o (arXiv 2408.12528v7, §1 "Introduction" and §4 "Experiments", the mixed-modality
-# results) writes text and draws pictures in turn. Here a story is two to four frames,
-# each with a sentence. The first sentence is the first frame's caption; every later
-# sentence says the ONE thing that changes from the frame before:
-#
-#     "a red circle at the top left"      (frame 1)
-#     "the red circle moves to the bottom right"
-#     "a blue square appears at the top left"
-#     "the red circle turns green"        (or "... disappears")
-#
-# The world's rules still hold in every frame (one or two objects; two objects in two
-# different grid cells; "center" only for a lone object). Two objects are also never the
-# same kind (colour and shape), so "the red circle" always names one object. A scene is
-# written here as a set of (colour, shape, place), what `describe` reads from pixels, so
-# the scorer can apply a sentence to the frame the model actually drew.
-
-STORY_FRAMES = (2, 4)     # a training story has this many frames, both ends included
-CHANGES = ("move", "recolour", "appear", "disappear")
-
-_KIND = "({}) ({})".format("|".join(COLOURS), "|".join(SHAPES))
-_PLACE_PHRASE = "|".join(re.escape(place.phrase) for place in PLACES.values())
-CHANGE_PATTERNS = {
-    "move": re.compile(f"the {_KIND} moves to the ({'|'.join(PLACES)})"),
-    "recolour": re.compile(f"the {_KIND} turns ({'|'.join(COLOURS)})"),
-    "appear": re.compile(f"a {_KIND} appears ({_PLACE_PHRASE})"),
-    "disappear": re.compile(f"the {_KIND} disappears"),
-}
-
-
-def change_sentence(change, colour, shape, value=None):
-    """The sentence of a change, e.g. ("move", "red", "circle", "top right") ->
-    'the red circle moves to the top right'. value: the new place (move, appear) or the
-    new colour (recolour); none for disappear."""
-    if change == "move":
-        return f"the {colour} {shape} moves to the {value}"
-    if change == "recolour":
-        return f"the {colour} {shape} turns {value}"
-    if change == "appear":
-        return f"a {colour} {shape} appears {PLACES[value].phrase}"
-    if change == "disappear":
-        return f"the {colour} {shape} disappears"
-    raise ValueError(f"unknown change {change!r}; expected one of {CHANGES}")
-
-
-def check_scene(scene):
-    """ValueError unless a set of (colour, shape, place) is a possible frame of a story."""
-    places = [place for _, _, place in scene]
-    kinds = {(colour, shape) for colour, shape, _ in scene}
-    if not 1 <= len(scene) <= 2:
-        raise ValueError(f"a frame holds one or two objects, not {len(scene)}")
-    if len(scene) == 2 and (len(set(places)) < 2 or "center" in places):
-        raise ValueError("two objects need two different grid cells, never the center")
-    if len(kinds) < len(scene):
-        raise ValueError("two objects of the same colour and shape could not be told apart")
-
-
-def apply_change(scene, sentence):
-    """The scene after one change sentence: a set of (colour, shape, place) -> a new set.
-
-    ValueError when the sentence is not a change sentence, names an object that is not in
-    the scene, changes nothing (a move to the same place, a colour it already has), or
-    would break the world's rules (check_scene)."""
-    sentence = sentence.strip()
-    for change, pattern in CHANGE_PATTERNS.items():
-        match = pattern.fullmatch(sentence)
-        if match:
-            break
-    else:
-        raise ValueError(f"not a change sentence: {sentence!r}; expected e.g. "
-                         "'the red circle moves to the top right'")
-    colour, shape, value = (*match.groups(), None)[:3]
-    named = [obj for obj in scene if obj[:2] == (colour, shape)]
-    if change == "appear":
-        if named:
-            raise ValueError(f"{sentence!r}: there already is a {colour} {shape}")
-        new = set(scene) | {(colour, shape, PHRASE_TO_PLACE[value])}
-    else:
-        if not named:
-            raise ValueError(f"{sentence!r}: there is no {colour} {shape} in the frame")
-        [(_, _, place)] = named
-        rest = set(scene) - set(named)
-        if change == "disappear":
-            new = rest
-        elif change == "move":
-            if value == place:
-                raise ValueError(f"{sentence!r}: it is already there")
-            new = rest | {(colour, shape, value)}
-        else:
-            if value == colour:
-                raise ValueError(f"{sentence!r}: it is already {colour}")
-            new = rest | {(value, shape, place)}
-    check_scene(new)
-    return frozenset(new)
-
-
-def possible_changes(scene):
-    """Every change sentence that applies to a scene, grouped by kind of change: {change: [sentence]}."""
-    candidates = {
-        "move": [change_sentence("move", c, s, place) for c, s, _ in scene for place in PLACES],
-        "recolour": [change_sentence("recolour", c, s, colour) for c, s, _ in scene for colour in COLOURS],
-        "appear": [change_sentence("appear", c, s, place) for c in COLOURS for s in SHAPES for place in GRID_PLACES],
-        "disappear": [change_sentence("disappear", c, s) for c, s, _ in scene],
-    }
-    possible = {}
-    for change, sentences in candidates.items():
-        for sentence in sentences:
-            try:
-                apply_change(scene, sentence)
-            except ValueError:
-                continue
-            possible.setdefault(change, []).append(sentence)
-    return possible
-
-
-def scene_kinds(objects) -> frozenset[tuple[str, str, str]]:
-    """A scene of ShapeObjects as the set of (colour, shape, place) that describe() reads."""
-    return frozenset((obj.colour, obj.shape, obj.place) for obj in objects)
-
-
-def realise(previous, scene, rng: random.Random) -> list[ShapeObject]:
-    """ShapeObjects for a new scene (a set of (colour, shape, place)) that keep the previous
-    frame's drawing wherever they can: an unchanged object keeps its pixels, a recoloured
-    one its box; a moved or new object gets a fresh random box in its cell."""
-    objects = []
-    for colour, shape, place in scene:
-        same = [o for o in previous if (o.colour, o.shape, o.place) == (colour, shape, place)]
-        recoloured = [o for o in previous if (o.shape, o.place) == (shape, place)]
-        if same or recoloured:
-            old = (same or recoloured)[0]
-            objects.append(ShapeObject(colour, shape, place, old.x, old.y, old.size))
-        else:
-            size = rng.randint(MIN_OBJECT_SIZE, MAX_OBJECT_SIZE)
-            xs, ys = corner_range(place, size)
-            objects.append(ShapeObject(colour, shape, place, rng.choice(xs), rng.choice(ys), size))
-    return canonical_order(objects)
-
-
-@dataclass
-class Story:
-    """A story: its frames' scenes, their pictures and one sentence per frame."""
-    scenes: list[list[ShapeObject]]
-    images: np.ndarray                # (F, 32, 32, 3) uint8
-    sentences: list[str]              # the first frame's caption, then one change per frame
-
-
-def random_story(rng: random.Random, frames: int | None = None) -> Story:
-    """A random story of `frames` frames (None: 2 to 4, with equal chance).
-
-    The first scene is a random one whose objects are different kinds; each next frame
-    applies one change, its kind (move, recolour, appear, disappear) drawn with equal
-    chance among those that are possible, then the sentence among that kind's."""
-    frames = frames or rng.randint(*STORY_FRAMES)
-    scene = random_scene(rng)
-    while len({(o.colour, o.shape) for o in scene}) < len(scene):
-        scene = random_scene(rng)
-    scenes, sentences = [scene], [caption(scene)]
-    for _ in range(frames - 1):
-        options = possible_changes(scene_kinds(scene))
-        sentence = rng.choice(options[rng.choice(sorted(options))])
-        scene = realise(scene, apply_change(scene_kinds(scene), sentence), rng)
-        scenes.append(scene)
-        sentences.append(sentence)
-    return Story(scenes, np.stack([render(s) for s in scenes]), sentences)
-
-
-def make_stories(n: int, seed: int, frames: int | None = None) -> list[Story]:
-    """n random stories; the same seed always gives the same list."""
-    rng = random.Random(seed)
-    return [random_story(rng, frames) for _ in range(n)]
-
-
-def check_story(images, sentences) -> list[tuple[bool, bool]]:
-    """Score a drawn story, frame by frame: [(sentence valid, frame right), ...].
-
-    Frame 1 is right when describe() reads exactly its sentence (a caption). For each
-    later frame, the sentence is valid when it is a change that can happen to the PREVIOUS
-    frame as drawn (read by describe), and the frame is right when it shows exactly that
-    frame with that change applied: the change happened, and nothing else changed. A
-    frame whose sentence is not valid is not right."""
-    results, previous = [], None
-    for k, (image, sentence) in enumerate(zip(images, sentences)):
-        found = find_objects(image)
-        seen = frozenset(found) if len(found) == len(set(found)) else None   # None: a duplicate object
-        try:
-            wanted = parse_caption(sentence) if k == 0 else apply_change(previous, sentence)
-            valid = True
-        except ValueError:
-            wanted, valid = None, False
-        results.append((valid, valid and seen == wanted))
-        previous = seen or frozenset()
-    return results
-
-
-# -----------------------------------------------------------------------------
 # Pixels <-> tensors
 
 def image_to_tensor(image) -> torch.Tensor:
@@ -689,17 +492,6 @@ def encode_pictures(vq, images, device, batch=256):
 
 
 @torch.no_grad()
-def picture_features(network, images, device, batch=256):
-    """Continuous features (B, N, C) of uint8 pictures (B, H, W, 3), a chunk at a time.
-
-    network maps (b, 3, H, W) pixels in [-1, 1] to a (b, C, h, w) grid, N = h*w cells in
-    row-major order: the LFQ encoder before quantization (`vq.encoder`) or the contrastive
-    encoder's `features` (train.py `mmu_features`, the representation ablation)."""
-    return torch.cat([network(image_to_tensor(images[i:i + batch]).to(device)).flatten(2).transpose(1, 2).cpu()
-                      for i in range(0, len(images), batch)])
-
-
-@torch.no_grad()
 def decode_codes(vq, codes, batch=256):
     """uint8 pictures (B, H, W, 3) for (B, N) codes, a chunk at a time."""
     device = next(vq.parameters()).device
@@ -707,165 +499,8 @@ def decode_codes(vq, codes, batch=256):
                            for i in range(0, len(codes), batch)])
 
 
-# -----------------------------------------------------------------------------
-# A user's own images: a folder with a captions.jsonl
-
-CAPTIONS_FILE = "captions.jsonl"
-EXPECTED_LINE = '{"image": "relative/path.png", "caption": "..."}'
-
-
-def read_captions_file(path: Path) -> list[tuple[str, str]]:
-    """The (image path, caption) pairs of a captions.jsonl; blank lines are ignored.
-
-    A malformed line raises ValueError naming its line number, before any image is loaded."""
-    entries = []
-    with open(path, encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{CAPTIONS_FILE} line {line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: not valid JSON ({error.msg}); expected {EXPECTED_LINE}") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object like {EXPECTED_LINE}")
-            missing = [key for key in ("image", "caption") if not isinstance(record.get(key), str)]
-            if missing:
-                raise ValueError(f"{where}: missing or non-string {' and '.join(map(repr, missing))}; "
-                                 f"expected {EXPECTED_LINE}")
-            entries.append((record["image"], record["caption"]))
-    return entries
-
-
-# PIL's integer modes that hold more than 8 bits: the full-scale value of each. Image.convert
-# ("RGB") clips these at 255 instead of scaling (a 16-bit picture reads ~98% white), so
-# read_picture scales them itself. "I" (32-bit) has no fixed range: see _full_scale.
-_SIXTEEN_BIT = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}
-# What PIL raises for a file it cannot decode: mostly OSError, SyntaxError or EOFError for
-# broken headers, ValueError for what it cannot convert. DecompressionBombError (a picture
-# over twice Image.MAX_IMAGE_PIXELS) is not an OSError, so it must be named.
-_UNREADABLE = (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError)
-# Modes with an alpha channel ("a": premultiplied). Not `"A" in mode`: that would catch "LAB".
-_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
-
-
-def _full_scale(mode: str, values: np.ndarray) -> float:
-    """The value that means white in a high-bit-depth picture of this mode.
-
-    The file does not say which range it uses, so "I" and "F" take the smallest usual range
-    that holds their largest value: "F" 1, 255 or 65535 (above: clipped), "I" 255, 65535 or
-    the int32 maximum."""
-    if mode in _SIXTEEN_BIT:
-        return _SIXTEEN_BIT[mode]
-    top = np.nanmax(values, initial=0)
-    ranges = (1.0, 255, 65535) if mode == "F" else (255, 65535, 2 ** 31 - 1)
-    return next((scale for scale in ranges if top <= scale), ranges[-1])
-
-
-def read_picture(path) -> np.ndarray:
-    """Any picture file -> uint8 (H, W, 3) RGB at its own size (no resizing).
-
-    Every PIL mode comes out as 8-bit RGB with its values scaled, not clipped:
-    - 16-bit greyscale ("I;16*"): value * 255 / 65535;
-    - 32-bit integer ("I") and float ("F") greyscale: value * 255 / full scale, the full
-      scale being the smallest usual range that holds the largest value (_full_scale:
-      "F" 1, 255 or 65535; "I" 255, 65535 or 2**31 - 1); negatives and NaN become 0, values
-      past the full scale 255;
-    - transparency (RGBA, LA, PA, a palette or colour marked transparent) is composited on
-      white, not dropped (which shows whatever colour hides under alpha 0, often black);
-    - everything else (RGB, L, 1, P, CMYK, YCbCr, ...) through PIL's own conversion.
-    A file that cannot be read (missing, a folder, not a picture, truncated, or so large
-    that PIL raises DecompressionBombError: over twice Image.MAX_IMAGE_PIXELS) raises a
-    one-line ValueError naming it, never a traceback from inside PIL."""
-    try:
-        with Image.open(path) as image:
-            image.load()   # decode now, inside the try: a truncated file fails here, not later
-            if image.mode in _SIXTEEN_BIT or image.mode in ("I", "F"):
-                values = np.asarray(image, dtype=np.float64)
-                grey = np.nan_to_num(values / _full_scale(image.mode, values) * 255)
-                return np.repeat(grey.clip(0, 255).round().astype(np.uint8)[..., None], 3, axis=2)
-            if image.mode in _ALPHA_MODES or "transparency" in image.info:
-                white = Image.new("RGBA", image.size, "white")
-                return np.array(Image.alpha_composite(white, image.convert("RGBA")).convert("RGB"))
-            return np.array(image.convert("RGB"))
-    except _UNREADABLE as error:
-        reason = ": ".join([type(error).__name__] + str(error).splitlines()[:1])   # one line
-        raise ValueError(f"cannot read image {path} ({reason}): give a PNG or JPEG file") from None
-
-
-def resize_and_crop(image: Image.Image, resolution: int) -> np.ndarray:
-    """Scale the shorter side to `resolution` (bicubic), then cut out the centre square."""
-    width, height = image.size
-    scale = resolution / min(width, height)
-    # max(): rounding must never leave the longer side short of the crop
-    new_width, new_height = max(resolution, round(width * scale)), max(resolution, round(height * scale))
-    image = image.resize((new_width, new_height), Image.Resampling.BICUBIC)
-    left, top = (new_width - resolution) // 2, (new_height - resolution) // 2
-    return np.array(image.crop((left, top, left + resolution, top + resolution)))   # writable copy
-
-
-def load_caption_folder(folder, resolution: int = IMAGE_SIZE) -> list[tuple[np.ndarray, str]]:
-    """Load a user's captioned images as (uint8 resolution x resolution x 3 image, caption) pairs.
-
-    The folder holds the images and a captions.jsonl with one line per image,
-    {"image": "relative/path.png", "caption": "..."}. Pictures are read with read_picture.
-    Pictures that cannot be read (a DecompressionBomb too) and lines with an empty caption
-    are skipped and counted in one warning, so one bad line does not stop a long training
-    run; but if every caption is empty the folder is unusable: ValueError."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no folder {folder}: expected a folder of images "
-                                f"with a {CAPTIONS_FILE} in it")
-    captions_path = folder / CAPTIONS_FILE
-    if not captions_path.is_file():
-        raise FileNotFoundError(f"no {captions_path}: expected one line per image, like {EXPECTED_LINE}")
-    entries = read_captions_file(captions_path)
-    # Checked before any picture is read: a whole folder of "" is a mistake in how the file
-    # was written (a wrong key, an export that lost the text), not a few bad lines.
-    if entries and not any(text.strip() for _, text in entries):
-        raise ValueError(f"every caption in {captions_path} is empty: give each picture a caption")
-    items, unreadable, empty = [], [], []
-    for relative_path, text in entries:
-        if not text.strip():          # nothing to learn from; skip before reading the picture
-            empty.append(relative_path)
-            continue
-        try:
-            picture = read_picture(folder / relative_path)
-        except ValueError as error:
-            unreadable.append(str(error))
-            continue
-        items.append((resize_and_crop(Image.fromarray(picture), resolution), text))
-    if unreadable or empty:
-        reasons = []
-        if unreadable:
-            reasons.append(f"{len(unreadable)} could not be read (first: {unreadable[0]})")
-        if empty:
-            reasons.append(f"{len(empty)} have an empty caption (first: {empty[0]})")
-        warnings.warn(f"skipped {len(unreadable) + len(empty)} of {len(entries)} images: "
-                      + "; ".join(reasons), stacklevel=2)
-    return items
-
-
-# -----------------------------------------------------------------------------
-# What train.py trains on
-
-def training_set(data_dir, scenes, seed):
-    """(pictures uint8 (B, 32, 32, 3), captions, question-answer lists, LM sentences).
-
-    The shapes world (`scenes` pictures from `seed`), or a folder of your own pictures
-    with a captions.jsonl, whose captions then serve as the captioning answers and the
-    language-modelling text too. Pictures stay small and uint8 here; encode_pictures
-    resizes a chunk at a time when the image tokenizer works at another resolution (a
-    released one fine-tuned with train.py --init).
-    """
-    if data_dir:
-        items = load_caption_folder(data_dir, IMAGE_SIZE)
-        if not items:
-            raise ValueError(f"no readable images listed in {data_dir}/{CAPTIONS_FILE}")
-        captions = [caption for _, caption in items]
-        return (np.stack([image for image, _ in items]), captions,
-                [[("describe the image.", c)] for c in captions], captions)
-    examples = make_examples(scenes, seed=seed)
-    return (np.stack([e.image for e in examples]), [e.caption for e in examples], [e.qa for e in examples],
-            text_corpus(scenes, seed))
+def as_world_picture(picture):
+    """A decoded picture at the shapes world's 32 px, which `describe` reads."""
+    if picture.shape[0] == IMAGE_SIZE:
+        return picture
+    return np.array(Image.fromarray(picture).resize((IMAGE_SIZE,) * 2, Image.Resampling.BOX))

@@ -23,7 +23,6 @@ train.py trains; this file measures, so that the recipe there reads top to botto
 Read first: train.py. Read next: sampling.py (the decoding loops the scores run).
 """
 
-import argparse
 import math
 import random
 import time
@@ -33,15 +32,16 @@ from functools import partial
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
-from torch.utils.flop_counter import (FlopCounterMode, flop_registry, register_flop_formula,
-                                      sdpa_backward_flop_count, sdpa_flop_count)
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 import data
-from checkpoint import UsageError, exit_with_one_line, load_checkpoint
-from sampling import (CONTRASTIVE_NOT_SAVED, answer_questions, check_output, generate_pictures, generate_stories, image_grid,
-                      recommended_settings)
-from tokenizer import TextTokenizer, token_to_bytes
+from bpe import TextTokenizer, token_to_bytes
+from checkpoint import load_checkpoint, recommended_settings
+from pictures import image_grid, lfq_picture, save_picture
+from readers import answer_from_features, picture_features
+from sampling import answer_questions, generate_pictures
+from stories import STORY_FRAMES_SCORED, story_scores
 
 
 # ----------------------------------------------------------------------------------------
@@ -53,25 +53,26 @@ from tokenizer import TextTokenizer, token_to_bytes
 # estimates the same number from a formula, 6 * parameters per token plus attention, to
 # report its MFU; counting needs no formula and covers the convolutions too.)
 
-def count_cpu_attention():
-    """Teach FlopCounterMode the attention kernel PyTorch runs on CPUs (once).
+
+def cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs):
+    return sdpa_flop_count(query, key, value)
+
+
+def cpu_attention_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def cpu_attention_formulas():
+    """{op: formula} for the attention kernel PyTorch runs on CPUs.
 
     The counter knows the fused attention kernels used on GPUs but not the CPU one; this
-    gives the CPU kernel the same formula. It is called when a ComputeMeter is made, not
-    on import, so importing this file changes nothing in torch.
+    gives the CPU kernel the same formula. It is handed to each FlopCounterMode
+    (`custom_mapping`), so nothing in torch's own table changes.
     """
-    forward = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    backward = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
-    if forward is None or backward is None or forward in flop_registry:
-        return
-
-    @register_flop_formula(forward)
-    def cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs):
-        return sdpa_flop_count(query, key, value)
-
-    @register_flop_formula(backward)
-    def cpu_attention_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs):
-        return sdpa_backward_flop_count(grad_out, query, key, value)
+    ops = [(getattr(torch.ops.aten, name, None), formula) for name, formula in (
+        ("_scaled_dot_product_flash_attention_for_cpu", cpu_attention_flops),
+        ("_scaled_dot_product_flash_attention_for_cpu_backward", cpu_attention_backward_flops))]
+    return {op: formula for op, formula in ops if op is not None}
 
 
 COUNT_EVERY = 10   # FlopCounterMode counts one step in this many (see ComputeMeter)
@@ -90,7 +91,6 @@ class ComputeMeter:
     """
 
     def __init__(self, stages=None):
-        count_cpu_attention()
         # stage -> {"steps", "counted_steps", "counted_flops", "seconds"}
         self.stages = {stage: dict(record) for stage, record in (stages or {}).items()}
 
@@ -99,7 +99,7 @@ class ComputeMeter:
         record = self.stages.setdefault(stage, {"steps": 0, "counted_steps": 0, "counted_flops": 0, "seconds": 0.0})
         start = time.perf_counter()
         if index % COUNT_EVERY == 0:
-            with FlopCounterMode(display=False) as counter:
+            with FlopCounterMode(display=False, custom_mapping=cpu_attention_formulas()) as counter:
                 yield
             record["counted_flops"] += counter.get_total_flops()
             record["counted_steps"] += 1
@@ -156,10 +156,6 @@ class Scoring:
     story_frames: int
 
 
-STORY_FRAMES_SCORED = 3     # a scored story: the opening's frame and two more
-
-
-# What each score is: (the words printed after a run, the short label of charts and tables).
 SCORES = {
     "t2i_one": ("t2i one object (seen captions, new draws)", "t2i, one object"),
     "t2i_two": ("t2i two objects (seen pairings)", "t2i, two objects"),
@@ -193,13 +189,6 @@ def evaluation_pictures(scoring):
     return pictures, novel
 
 
-def as_world_picture(picture):
-    """A decoded picture at the shapes world's 32 px, which data.describe reads."""
-    if picture.shape[0] == data.IMAGE_SIZE:
-        return picture
-    return np.array(Image.fromarray(picture).resize((data.IMAGE_SIZE,) * 2, Image.Resampling.BOX))
-
-
 @torch.no_grad()
 def t2i_match_rate(model, vq, text_tokenizer, prompts, scoring, batch=64):
     """Fraction of generated pictures whose objects (read by data.describe) equal the prompt's."""
@@ -210,7 +199,7 @@ def t2i_match_rate(model, vq, text_tokenizer, prompts, scoring, batch=64):
         codes = generate_pictures(model, [text_tokenizer.encode(p) for p in chunk], scoring.objective,
                                   scoring.settings, gen)
         pictures = data.decode_codes(vq, codes)
-        hits += sum(data.matches(as_world_picture(picture), prompt) for picture, prompt in zip(pictures, chunk))
+        hits += sum(data.matches(data.as_world_picture(picture), prompt) for picture, prompt in zip(pictures, chunk))
     return hits / len(prompts)
 
 
@@ -219,39 +208,21 @@ def answer_accuracy(model, vq, text_tokenizer, examples, want_captions, reader=N
     """Exact-match rate of greedy answers: captions ('describe the image.') or the other questions.
 
     reader: None (the model reads codes), or uint8 pictures -> (B, N, C) continuous features
-    (train.picture_reader)."""
+    (readers.picture_reader)."""
     device = next(model.parameters()).device
     asked = [(e, q, a) for e in examples for q, a in e.qa if (q == "describe the image.") == want_captions]
     hits = 0
     for i in range(0, len(asked), batch):
         chunk = asked[i:i + batch]
         images = np.stack([e.image for e, _, _ in chunk])
-        pictures = (reader(images) if reader else data.encode_pictures(vq, images, device)).to(device)
-        answers = answer_questions(model, pictures, [text_tokenizer.encode(q) for _, q, _ in chunk],
-                                   max_new_tokens=model.cfg.max_text_len)
+        questions = [text_tokenizer.encode(q) for _, q, _ in chunk]
+        if reader:
+            answers = answer_from_features(model, reader(images).to(device), questions, model.cfg.max_text_len)
+        else:
+            answers = answer_questions(model, data.encode_pictures(vq, images, device).to(device), questions,
+                                       model.cfg.max_text_len)
         hits += sum(text_tokenizer.decode(ids).strip() == a for ids, (_, _, a) in zip(answers, chunk))
     return hits / max(1, len(asked))
-
-
-@torch.no_grad()
-def story_scores(model, vq, text_tokenizer, scoring, batch=45):
-    """Stories from the 90 one-object captions, story_frames frames each, scored by
-    data.check_story: {"story_frames": frames right, "story_whole": stories with every
-    frame right, "story_sentences": written sentences (frame 2 on) that are valid}."""
-    openings = data.one_object_captions()
-    gen = torch.Generator(next(model.parameters()).device).manual_seed(scoring.seed)
-    results = []
-    for i in range(0, len(openings), batch):
-        chunk = openings[i:i + batch]
-        codes, written = generate_stories(model, [text_tokenizer.encode(p) for p in chunk], scoring.story_frames,
-                                          scoring.settings, gen)                      # (B, F, N)
-        pictures = data.decode_codes(vq, codes.flatten(0, 1)).reshape(*codes.shape[:2], *([data.IMAGE_SIZE] * 2), 3)
-        for opening, frames, sentences in zip(chunk, pictures, written):
-            sentences = [opening] + [text_tokenizer.decode(ids).strip() for ids in sentences]
-            results.append(data.check_story([as_world_picture(f) for f in frames], sentences))
-    return {"story_frames": float(np.mean([right for story in results for _, right in story])),
-            "story_whole": float(np.mean([all(right for _, right in story) for story in results])),
-            "story_sentences": float(np.mean([valid for story in results for valid, _ in story[1:]]))}
 
 
 def evaluate(model, vq, text_tokenizer, scoring, reader=None, draw=True):
@@ -281,7 +252,7 @@ def report_image_tokenizer(vq, examples, device):
     codes = data.encode_pictures(vq, images, device)
     rebuilt = data.decode_codes(vq, codes)
     mse = np.mean(((rebuilt.astype(np.float64) - images) / 127.5) ** 2)
-    readable = np.mean([data.matches(as_world_picture(image), e.caption) for image, e in zip(rebuilt, examples)])
+    readable = np.mean([data.matches(data.as_world_picture(image), e.caption) for image, e in zip(rebuilt, examples)])
     counts = torch.bincount(codes.flatten(), minlength=vq.cfg.codebook_size).float()
     p = counts[counts > 0] / counts.sum()
     perplexity = math.exp(-(p * p.log()).sum().item())
@@ -308,58 +279,6 @@ def sample_grid(model, vq, text_tokenizer, scoring):
     return image_grid(data.decode_codes(vq, codes), columns=4)
 
 
-CURVE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
-CHART_FONT = ImageFont.load_default(size=11)     # scalable: the tiny bitmap default drops spaces
-
-
-def line_chart(series, title, x_label, y_low, y_high, size=(420, 260)):
-    """A PIL line chart of {name: (xs, ys)}: axes with their ranges written on, and a legend."""
-    width, height = size
-    left, right, top, bottom = 44, 10, 22, 30
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((left, 4), title, fill="black", font=CHART_FONT)
-    draw.rectangle([left, top, width - right, height - bottom], outline="black")
-    x_high = max((max(xs) for xs, _ in series.values() if len(xs)), default=1) or 1
-    for y_value in (y_low, (y_low + y_high) / 2, y_high):
-        y = height - bottom - (y_value - y_low) / (y_high - y_low) * (height - top - bottom)
-        draw.text((2, y - 6), f"{y_value:g}", fill="black", font=CHART_FONT)
-    draw.text((left, height - bottom + 4), "0", fill="black", font=CHART_FONT)
-    draw.text((width - right - 90, height - bottom + 4), f"{x_high:,.4g} {x_label}", fill="black", font=CHART_FONT)
-    for k, (name, (xs, ys)) in enumerate(series.items()):
-        colour = CURVE_COLOURS[k % len(CURVE_COLOURS)]
-        points = [(left + x / x_high * (width - left - right),
-                   height - bottom - (min(max(y, y_low), y_high) - y_low) / (y_high - y_low) * (height - top - bottom))
-                  for x, y in zip(xs, ys)]
-        if len(points) > 1:
-            draw.line(points, fill=colour, width=2)
-        for point in points if len(points) < 12 else []:
-            draw.ellipse([point[0] - 2, point[1] - 2, point[0] + 2, point[1] + 2], fill=colour)
-        draw.text((width - right - 150, top + 4 + 12 * k), name, fill=colour, font=CHART_FONT)
-    return image
-
-
-def curves_picture(history, scores):
-    """Losses per objective over steps (left) and held-out scores over training TFLOP (right)."""
-    smooth = 10
-    losses = {}
-    for kind in (history[0] if history else {}):
-        values = [h[kind] for h in history]
-        averaged = [np.mean(values[max(0, i - smooth + 1):i + 1]) for i in range(len(values))]
-        losses[f"{kind} loss"] = (list(range(1, len(values) + 1)), averaged)
-    top = max((max(ys) for _, ys in losses.values()), default=1.0)
-    charts = [line_chart(losses, f"training losses ({smooth}-step average)", "steps", 0, round(top + 0.5))]
-    if scores:
-        tflop = [s["tflop"] for s in scores]
-        series = {label: (tflop, [100 * s[name] for s in scores]) for name, (_, label) in SCORES.items()
-                  if name in scores[0]}
-        charts.append(line_chart(series, "held-out scores (%)", "TFLOP", 0, 100))
-    sheet = Image.new("RGB", (sum(c.width for c in charts), charts[0].height), "white")
-    for i, chart in enumerate(charts):
-        sheet.paste(chart, (i * charts[0].width, 0))
-    return sheet
-
-
 # ----------------------------------------------------------------------------------------
 # 4. Looking inside the tokenizers: python evaluate.py bpe ... / lfq ... / probe ...
 # ----------------------------------------------------------------------------------------
@@ -377,34 +296,11 @@ def show_bpe(text, vocab_size=512):
     print(f"  ids {ids}")
 
 
-def code_colours(codes):
-    """A fixed, arbitrary colour per code id, so equal codes look equal: uint8 (..., 3)."""
-    return ((codes[..., None] * torch.tensor([2654435761, 40503, 2246822519])) >> 7) % 200 + 40
-
-
-def lfq_picture(vq, images):
-    """Originals (top), their code grids (middle; one colour per code) and reconstructions.
-
-    images: uint8 (B, H, W, 3). Returns (a uint8 (3*H + 4, B*W + B - 1, 3) sheet, the codes).
-    """
-    codes = data.encode_pictures(vq, images, "cpu")                         # (B, h*w)
-    rebuilt = data.decode_codes(vq, codes)                                  # (B, H, W, 3)
-    grid, side = vq.cfg.grid_size, images.shape[1]
-    cells = code_colours(codes).view(-1, grid, grid, 3).to(torch.uint8)
-    cells = cells.repeat_interleave(side // grid, 1).repeat_interleave(side // grid, 2).numpy()
-    rows = [torch.from_numpy(row) for row in (images, cells, rebuilt)]
-    sheet = torch.full((3 * side + 4, len(images) * (side + 1) - 1, 3), 255, dtype=torch.uint8)
-    for r, row in enumerate(rows):
-        for i, picture in enumerate(row):
-            sheet[r * (side + 2):r * (side + 2) + side, i * (side + 1):i * (side + 1) + side] = picture
-    return sheet.numpy(), codes
-
-
 def world_image_tokenizer(ckpt):
     """The image tokenizer of a checkpoint, which must work at the shapes world's size."""
     _, vq, _, _ = load_checkpoint(ckpt)
     if vq.cfg.resolution != data.IMAGE_SIZE:
-        raise UsageError(f"{ckpt}: its image tokenizer works at {vq.cfg.resolution} px, the shapes world is "
+        raise ValueError(f"{ckpt}: its image tokenizer works at {vq.cfg.resolution} px, the shapes world is "
                          f"{data.IMAGE_SIZE} px: give a checkpoint from train.py")
     return vq
 
@@ -422,9 +318,9 @@ def show_lfq(ckpt, out, count=8, shift=0):
         images = np.concatenate([np.zeros_like(images[:, :, :shift]), images[:, :, :-shift]], axis=2)
         changed = (data.encode_pictures(vq, images, "cpu") != unshifted).float().mean().item()
         print(f"shifted {shift} px to the right: {changed:.0%} of the {unshifted.numel()} codes changed")
-    sheet, codes = lfq_picture(vq, images)
-    sheet = Image.fromarray(sheet)
-    sheet.resize((sheet.width * 4, sheet.height * 4), Image.NEAREST).save(out)
+    codes = data.encode_pictures(vq, images, "cpu")                          # (B, h*w)
+    sheet = Image.fromarray(lfq_picture(images, codes, data.decode_codes(vq, codes)))
+    save_picture(sheet.resize((sheet.width * 4, sheet.height * 4), Image.NEAREST), out)
     print(f"wrote {out}: {count} pictures, their {vq.cfg.grid_size}x{vq.cfg.grid_size} codes "
           f"({len(codes.unique())} different ones of {vq.cfg.codebook_size}) and the reconstructions")
 
@@ -454,7 +350,7 @@ def show_probe(ckpt, pictures=2000):
     """
     vq = world_image_tokenizer(ckpt)
     examples = data.make_examples(pictures + pictures // 4, seed=4321, num_objects=1)
-    features = data.picture_features(vq.encoder, np.stack([e.image for e in examples]), "cpu").flatten(1)
+    features = picture_features(vq.encoder, np.stack([e.image for e in examples]), "cpu").flatten(1)
     labels = {"colour": [list(data.COLOURS).index(e.objects[0].colour) for e in examples],
               "shape": [data.SHAPES.index(e.objects[0].shape) for e in examples],
               "place": [list(data.PLACES).index(e.objects[0].place) for e in examples],
@@ -474,48 +370,27 @@ def scoring_of_checkpoint(extra):
     """The Scoring a train.py checkpoint was scored with (its seed, sizes and sampling)."""
     stored = extra.get("train_config")
     if not stored:
-        raise UsageError("this checkpoint was not trained by train.py on the shapes world: nothing to score")
+        raise ValueError("this checkpoint was not trained by train.py on the shapes world: nothing to score")
     return Scoring(stored["seed"], stored["eval_draws"], stored["eval_prompts"], stored["eval_scenes"],
                    extra.get("image_objective", "mtp"), recommended_settings(extra, "t2i"),
                    STORY_FRAMES_SCORED if extra.get("stories") else 0)
 
 
+def print_scores(ckpt):
+    """`python evaluate.py scores`: the held-out scores of a train.py checkpoint, as it was scored."""
+    model, vq, text_tokenizer, extra = load_checkpoint(ckpt)
+    scoring = scoring_of_checkpoint(extra)
+    features = extra.get("mmu_features", "codes")
+    reader = partial(picture_features, vq.encoder, device="cpu") if features == "lfq_continuous" else None
+    drawn = extra.get("train_config", {}).get("batch_t2i", 1) > 0
+    print(format_scores(evaluate(model, vq, text_tokenizer, scoring, reader, draw=drawn)))
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Measure a checkpoint; see the two tokenizers at work.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    bpe = sub.add_parser("bpe", help="learn a small BPE and split a text with it")
-    bpe.add_argument("text", nargs="?", default="a purple triangle at the bottom left")
-    lfq = sub.add_parser("lfq", help="draw pictures, their LFQ codes and their reconstructions")
-    lfq.add_argument("--ckpt", required=True, help="a checkpoint from train.py (e.g. out/tiny.pt)")
-    lfq.add_argument("--png", default="lfq.png")
-    lfq.add_argument("--shift", type=int, default=0, choices=range(0, 16), metavar="PIXELS",
-                     help="move the pictures this many pixels right first (0-15)")
-    probe = sub.add_parser("probe", help="linear probes: what the codes keep of a picture, against the features")
-    probe.add_argument("--ckpt", required=True, help="a checkpoint from train.py (e.g. assets/tiny.pt)")
-    probe.add_argument("--pictures", type=int, default=2000, choices=range(20, 20001), metavar="N",
-                       help="pictures the probes are fitted on (20-20000; a quarter as many score them)")
-    scores = sub.add_parser("scores", help="the held-out scores of a train.py checkpoint")
-    scores.add_argument("--ckpt", required=True, help="a checkpoint from train.py (e.g. out/tiny.pt)")
-    exit_with_one_line(run, parser.parse_args(argv))
+    """`python evaluate.py scores|bpe|lfq|probe ...`: parsed, checked and run by cli.py (errors as one line)."""
+    from cli import evaluate_command
+    evaluate_command(argv)
 
-
-def run(args):
-    """The one subcommand asked for."""
-    if args.command == "bpe":
-        show_bpe(args.text)
-    elif args.command == "lfq":
-        show_lfq(args.ckpt, check_output(args.png, "--png"), shift=args.shift)
-    elif args.command == "probe":
-        show_probe(args.ckpt, args.pictures)
-    else:
-        model, vq, text_tokenizer, extra = load_checkpoint(args.ckpt)
-        scoring = scoring_of_checkpoint(extra)
-        features = extra.get("mmu_features", "codes")
-        if features == "contrastive":
-            raise UsageError(f"{args.ckpt} {CONTRASTIVE_NOT_SAVED}: its scores are stored in it (extra['scores'])")
-        reader = partial(data.picture_features, vq.encoder, device="cpu") if features == "lfq_continuous" else None
-        drawn = extra.get("train_config", {}).get("batch_t2i", 1) > 0
-        print(format_scores(evaluate(model, vq, text_tokenizer, scoring, reader, draw=drawn)))
 
 if __name__ == "__main__":
     main()

@@ -1,9 +1,9 @@
-"""The Show-o transformer: Phi-1.5 with QK-Norm over one text+image vocabulary.
+"""The Show-o transformer: Phi-1.5 with QK-Norm over one text+image vocabulary, and its two losses.
 
 Show-o (arXiv 2408.12528v7, §3.2 "Architecture") takes a pretrained language model (Phi-1.5), adds
-8192 image-token ids and a handful of special tokens to its vocabulary, switches on
-QK-Norm (a LayerNorm on each head's queries and keys, for stable training) and trains the
-SAME network for two jobs:
+8192 image-token ids and a handful of special tokens to its vocabulary (tokenizer.py),
+switches on QK-Norm (a LayerNorm on each head's queries and keys, for stable training) and
+trains the SAME network for two jobs:
 
 * next-token prediction (NTP) on text: captioning, VQA and plain language modelling;
 * mask-token prediction (MTP) on image tokens: some image tokens are replaced by [MASK]
@@ -12,38 +12,33 @@ SAME network for two jobs:
 The only thing that tells the two apart inside the network is the attention mask
 (attention.py). This file holds, top to bottom:
 
-1. `ShowoConfig`, the sizes and the token layout (docs/sequences.md), with the released
-   sizes as presets;
-2. the network: rotary embedding, QK-Norm attention, MLP, parallel Phi block, `Showo`,
-   with an optional key/value cache for fast inference (`forward_with_cache`);
-3. the two losses, `ntp_loss` and `mtp_loss` (§3.2 "Training Objectives", Eq. 1 and 2);
-4. the CLIP vision tower of the released CLIP-ViT variant (`ClipConfig`, `ClipVisionTower`),
-   whose continuous picture features replace MAGVIT-v2 codes for understanding;
-5. `python model.py`: where the released model's parameters are.
+1. `ShowoConfig`, the sizes and where each kind of id sits, with the released sizes as presets;
+2. the network: rotary embedding, QK-Norm attention, MLP, the parallel Phi block, `Showo`,
+   with an optional key/value cache for fast inference (`forward_with_cache`) and `logits`
+   for a chosen part of the vocabulary;
+3. the two losses, `ntp_loss` and `mtp_loss` (§3.2 "Training Objectives", Eq. 1 and 2),
+   which train.py's combined loss (Eq. 3) calls;
+4. `parameter_table`: where the released model's parameters are (`python model.py`).
 
 Loading the released weights into this network is checkpoint.py's job.
 
-Read first: attention.py. Read next: data.py (what the tiny models learn from).
+Read first: attention.py. Read next: train.py (the recipe that trains it).
 """
 
-import argparse
+import math
 from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attention import attend, attend_explicit, clip_feature_slots, mmu_attention_mask, mmu_vit_attention_mask
+from attention import attend, attend_explicit
+from tokenizer import SPECIAL_TOKENS
 
 
 # ----------------------------------------------------------------------------------------
 # 1. Configuration
 # ----------------------------------------------------------------------------------------
-
-# The ten tokens Show-o appends after the text vocabulary, in the order it adds them.
-SPECIAL_TOKENS = ("[PAD]", "<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>",
-                  "<|t2i|>", "<|mmu|>", "<|t2v|>", "<|v2v|>", "<|lvg|>")
-
 
 @dataclass
 class ShowoConfig:
@@ -90,7 +85,7 @@ class ShowoConfig:
     @property
     def mmu_id(self): return self.llm_vocab_size + SPECIAL_TOKENS.index("<|mmu|>")
     @property
-    def t2v_id(self): return self.llm_vocab_size + SPECIAL_TOKENS.index("<|t2v|>")   # stories (attention.py)
+    def t2v_id(self): return self.llm_vocab_size + SPECIAL_TOKENS.index("<|t2v|>")   # stories (stories.py)
     @property
     def mask_token_id(self): return self.vocab_size - 1
     @property
@@ -307,83 +302,12 @@ class Showo(nn.Module):
         """
         return F.linear(hidden, self.lm_head.weight[vocab], self.lm_head.bias[vocab]).float()
 
-    def embed_with_features(self, ids, features):
-        """(B, L) ids -> (B, L, D) embeddings, with (B, P, D) projected picture features in the
-        P places between the first <|soi|> and the first <|eoi|> of each row (which hold
-        placeholder ids): the CLIP-ViT variant, and the continuous-feature arms of the
-        representation ablation (train.py `mmu_features`)."""
-        embeddings = self.embed(ids)                                          # (B, L, D)
-        slots = clip_feature_slots(ids, self.cfg.soi_id, self.cfg.eoi_id)     # (B, L), P True per row
-        embeddings[slots] = features.reshape(-1, features.shape[-1]).to(embeddings.dtype)
-        return embeddings
-
-    def understanding_mask(self, ids):
-        """The omni-attention mask of understanding sequences (attention.mmu_attention_mask)."""
-        return mmu_attention_mask(ids, self.cfg.pad_id, self.cfg.eoi_id)
-
-    def clip_understanding_mask(self, ids):
-        """The CLIP-ViT variant's mask (attention.mmu_vit_attention_mask)."""
-        return mmu_vit_attention_mask(ids, self.cfg.pad_id, self.cfg.soi_id, self.cfg.eoi_id)
-
-    def next_token_logits(self, ids):
-        """(B, L) understanding sequences -> (B, V) logits of token L, recomputing everything."""
-        return self(ids, self.understanding_mask(ids))[:, -1]
-
-    @torch.no_grad()
-    def generate_text(self, input_ids, max_new_tokens, temperature=0.0, top_k=None,
-                      generator=None, stop_at_eos=True, text_only=False):
-        """Continue understanding sequences token by token (Show-o §3.2 "Inference Stage").
-
-        The simple way: recompute the whole sequence under the MMU mask for every new
-        token (sampling.py's CachedNextToken is the fast way). Arguments and result are
-        those of `decode_text`.
-        """
-        return decode_text(self.next_token_logits, input_ids, max_new_tokens, self.cfg,
-                           temperature, top_k, generator, stop_at_eos, text_only)
-
-
-def decode_text(next_logits, input_ids, max_new_tokens, cfg, temperature=0.0, top_k=None,
-                generator=None, stop_at_eos=True, text_only=False):
-    """The answer loop, whichever way the logits are computed.
-
-    next_logits: (B, L) ids so far -> (B, V) logits of the next token. Greedy (argmax) when
-    temperature is 0. Returns (B, T) new ids, T <= max_new_tokens; with stop_at_eos, a
-    finished row is filled with EOS and generation ends once every row has produced EOS.
-    text_only forbids image and special ids (the reference picks from the whole
-    vocabulary; a small model may stray outside text).
-    """
-    ids = input_ids
-    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    for _ in range(max_new_tokens):
-        logits = next_logits(ids)                                         # (B, V)
-        if text_only:
-            logits[:, cfg.llm_vocab_size:] = float("-inf")
-        next_id = pick_token(logits, temperature, top_k, generator)       # (B,)
-        if stop_at_eos:
-            next_id = next_id.masked_fill(done, cfg.eos_token_id)
-            done |= next_id == cfg.eos_token_id
-        ids = torch.cat([ids, next_id[:, None]], dim=1)
-        if done.all():
-            break
-    return ids[:, input_ids.shape[1]:]
-
-
-def pick_token(logits, temperature=0.0, top_k=None, generator=None):
-    """Choose one id per row of (B, V) logits: argmax, or sample from the (top-k) softmax."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if top_k is not None:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
-
 
 # ----------------------------------------------------------------------------------------
 # 3. The two objectives (Show-o §3.2 "Training Objectives")
 # ----------------------------------------------------------------------------------------
 
-IGNORE = -100   # label value that cross-entropy skips (padding, prompt, unmasked tokens)
+IGNORE = -100   # label value that no loss counts (padding, prompts, image tokens left visible)
 
 
 def ntp_loss(logits, labels):
@@ -394,12 +318,13 @@ def ntp_loss(logits, labels):
     v_1..v_N are the text tokens, u_1..u_M the image tokens before them (all of them
     visible). The paper writes the log-likelihood to be maximised; the code minimises its
     negative, averaged over the counted tokens (cross-entropy). Position i predicts label
-    i+1; IGNORE is skipped.
+    i + 1 (`next_token_targets`); IGNORE is skipped.
 
-    logits (B, L, V), labels (B, L) with IGNORE where no loss is wanted.
+    labels (B, L), IGNORE where no loss is wanted. logits: (B, L, V), the prediction of
+    every position; or (K, V), the predictions of only the K positions that have a target,
+    in row-major order (training computes no others: `loss_at_targets`).
     """
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
-                           ignore_index=IGNORE)
+    return loss_at_targets(logits, next_token_targets(labels))
 
 
 def mtp_loss(logits, labels):
@@ -411,166 +336,51 @@ def mtp_loss(logits, labels):
     positions only, each predicting its own original token from the unmasked image tokens
     and the caption v_1..v_N. As for NTP, the code minimises the negative mean.
 
-    No shift: the labels hold the original image token at masked positions, IGNORE elsewhere.
+    No shift: labels (B, L) hold the original image token at masked positions, IGNORE
+    elsewhere. logits: (B, L, V), or (K, V) at the K masked positions only, as in ntp_loss.
     """
-    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+    return loss_at_targets(logits, labels)
 
 
-# ----------------------------------------------------------------------------------------
-# 4. The CLIP vision tower of the CLIP-ViT variant (showlab/show-o-w-clip-vit)
-# ----------------------------------------------------------------------------------------
-#
-# Show-o also released a variant that reads pictures for understanding through a frozen
-# CLIP ViT (Radford et al. 2021) instead of MAGVIT-v2 codes: continuous features, which keep
-# more of a picture than 8192 codes can (arXiv 2408.12528v7, §4 "Experiments", the ablation
-# on vision encoders and representations: CLIP-ViT's features understand best).
-# The tower is openai/clip-vit-large-patch14-336; the released code (models/clip_encoder.py)
-# runs it through transformers' CLIPVisionModel and keeps the hidden state after its
-# second-to-last layer, class token dropped: 24x24 = 576 features of 1,024 per picture.
-# modeling_showo.py's `mm_projector` (above, in Showo) maps them to the transformer's width;
-# attention.py lays them out in the sequence; sampling.py preprocesses the picture.
+def next_token_targets(labels):
+    """(B, L) labels -> (B, L) targets: position i must predict labels[i + 1] (NTP's shift);
+    the last position predicts nothing."""
+    targets = torch.full_like(labels, IGNORE)
+    targets[:, :-1] = labels[:, 1:]
+    return targets
 
-@dataclass
-class ClipConfig:
-    """Sizes of the CLIP vision tower, and CLIP's picture preprocessing.
 
-    Defaults: openai/clip-vit-large-patch14-336, the tower of the released variant.
-    num_layers counts the layers that RUN: the features are taken after the second-to-last
-    layer of the download, so its last layer (and its post-LayerNorm) are never used and
-    not kept (the download's 24 layers -> 23 here).
+def loss_at_targets(logits, targets):
+    """Cross-entropy averaged over the positions whose target is not IGNORE.
+
+    logits (B, L, V) at every position, or (K, V) at the K positions with a target only.
+    The second is how training calls it (Showo.forward's `keep`): with a vocabulary of
+    thousands of ids, lm_head is a large share of the work, and a third of the positions
+    have no target. Both give the same number (tests/test_model.py). No target at all
+    (every sentence of a batch dropped) is a loss of 0, not the NaN of an empty mean.
     """
-    # The picture (preprocessor_config.json and the tower's input): the shorter side resized
-    # to resize_to, the centre image_size x image_size cut out, then (x / 255 - mean) / std
-    # per channel; the tower cuts it into patch_size x patch_size patches.
-    image_size: int = 336
-    patch_size: int = 14
-    resize_to: int = 336
-    image_mean: tuple = (0.48145466, 0.4578275, 0.40821073)
-    image_std: tuple = (0.26862954, 0.26130258, 0.27577711)
-
-    @property
-    def num_features(self):
-        """P, the features per picture: one per patch."""
-        return (self.image_size // self.patch_size) ** 2
-
-    # The transformer over the patches.
-    hidden_size: int = 1024
-    num_layers: int = 23
-    num_heads: int = 16
-    intermediate_size: int = 4096
-    layer_norm_eps: float = 1e-5
+    kept = targets != IGNORE                                              # (B, L)
+    if logits.dim() == 3:
+        logits = logits[kept]                                             # (K, V)
+    if not kept.any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, targets[kept])
 
 
-class ClipLayer(nn.Module):
-    """One pre-norm ViT layer: x + attn(ln1(x)), then + mlp(ln2(x)) (sequential, unlike Phi's).
+def random_masks(count, n, gen):
+    """(count, n) bool: which of n image tokens MTP masks in each of `count` pictures.
 
-    Every patch sees every patch (no mask). The MLP uses CLIP's quick_gelu,
-    h * sigmoid(1.702 h), the sigmoid approximation of GELU the OpenAI weights were trained with.
+    Mask ratio cos(t*pi/2), t ~ U(0, 1): the schedule sampling walks through
+    (sampling.mask_schedule), so every step of decoding looks like something trained on. A
+    random permutation per row; its first n_masked positions are masked (at least one).
     """
-
-    def __init__(self, cfg):
-        super().__init__()
-        d = cfg.hidden_size
-        self.num_heads = cfg.num_heads
-        self.norm1 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
-        self.q, self.k, self.v, self.out = (nn.Linear(d, d) for _ in range(4))
-        self.norm2 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
-        self.fc1 = nn.Linear(d, cfg.intermediate_size)
-        self.fc2 = nn.Linear(cfg.intermediate_size, d)
-
-    def forward(self, x):
-        """x (B, T, C) -> (B, T, C)."""
-        batch, length, width = x.shape
-        h = self.norm1(x)
-        q, k, v = (proj(h).view(batch, length, self.num_heads, -1).transpose(1, 2)   # (B, H, T, C/H)
-                   for proj in (self.q, self.k, self.v))
-        attended = F.scaled_dot_product_attention(q, k, v)                           # (B, H, T, C/H)
-        x = x + self.out(attended.transpose(1, 2).reshape(batch, length, width))
-        h = self.fc1(self.norm2(x))                                                  # (B, T, I)
-        return x + self.fc2(h * torch.sigmoid(1.702 * h))
-
-
-class ClipVisionTower(nn.Module):
-    """Preprocessed pixels (B, 3, S, S) -> CLIP features (B, P, C), P = (S / patch)^2.
-
-    Patches are cut and embedded by one strided convolution without bias; a learned class
-    token goes first; learned absolute positions are added; then a LayerNorm BEFORE the
-    layers (CLIP's "pre_layrnorm"), and the layers. The class token is dropped at the end:
-    Show-o reads the P patch features only (the released models/clip_encoder.py,
-    `CLIPVisionTower.feature_select`: hidden_states[-2], then [:, 1:]).
-    """
-
-    def __init__(self, cfg: ClipConfig):
-        super().__init__()
-        self.cfg = cfg
-        c = cfg.hidden_size
-        self.patch_embedding = nn.Conv2d(3, c, cfg.patch_size, stride=cfg.patch_size, bias=False)
-        self.class_embedding = nn.Parameter(torch.zeros(c))
-        self.position_embedding = nn.Embedding(cfg.num_features + 1, c)
-        self.pre_norm = nn.LayerNorm(c, eps=cfg.layer_norm_eps)
-        self.layers = nn.ModuleList(ClipLayer(cfg) for _ in range(cfg.num_layers))
-
-    def forward(self, pixels):
-        weight = self.patch_embedding.weight
-        patches = self.patch_embedding(pixels.to(weight.dtype)).flatten(2).transpose(1, 2)   # (B, P, C)
-        first = self.class_embedding.expand(patches.shape[0], 1, -1)                         # (B, 1, C)
-        x = torch.cat([first, patches], dim=1) + self.position_embedding.weight             # (B, P + 1, C)
-        x = self.pre_norm(x)
-        for layer in self.layers:
-            x = layer(x)
-        return x[:, 1:]                                                                      # (B, P, C)
+    t = torch.rand(count, generator=gen)
+    n_masked = (n * torch.cos(t * math.pi / 2)).round().clamp(min=1)       # (count,)
+    return torch.rand(count, n, generator=gen).argsort(1) < n_masked[:, None]
 
 
 # ----------------------------------------------------------------------------------------
-# 4b. A contrastive image encoder for the tiny world (the representation ablation)
-# ----------------------------------------------------------------------------------------
-#
-# The paper's ablation on vision encoders and representations (arXiv 2408.12528v7, §4
-# "Experiments") compares understanding from MAGVIT-v2's discrete codes, MAGVIT-v2's
-# continuous features and CLIP-ViT's continuous features. CLIP (Radford et al. 2021) is
-# trained on image-TEXT matching, never on reconstructing pixels. This is a CLIP of the
-# shapes world: a small convolutional image tower and a bag-of-words text tower, trained
-# so that a picture's embedding is closest to its own caption's among the batch (the
-# symmetric InfoNCE loss). Its 8x8 grid of features before pooling plays the part of
-# CLIP's patch features (train.py `--set mmu_features=contrastive`).
-
-class ContrastiveEncoder(nn.Module):
-    """Pictures (B, 3, 32, 32) in [-1, 1] -> an 8x8 grid of `width` features; captions ->
-    one embedding each, trained together with `contrastive_loss`."""
-
-    def __init__(self, vocab_size, width=64, embedding=64):
-        super().__init__()
-        self.features = nn.Sequential(                                      # 32 -> 16 -> 8 pixels a side
-            nn.Conv2d(3, width // 2, 3, padding=1), nn.GELU(),
-            nn.Conv2d(width // 2, width, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(width, width, 3, padding=1))
-        self.image_head = nn.Linear(width, embedding)
-        self.words = nn.EmbeddingBag(vocab_size, embedding, mode="mean")   # a caption = the mean of its tokens
-        self.text_head = nn.Linear(embedding, embedding)
-        self.log_scale = nn.Parameter(torch.tensor(2.66))                   # CLIP's start: log(1 / 0.07)
-
-    def grid(self, pixels):
-        """(B, 3, 32, 32) -> (B, 64, width): the features understanding reads (row-major cells)."""
-        return self.features(pixels).flatten(2).transpose(1, 2)
-
-    def embed_pictures(self, pixels):
-        return F.normalize(self.image_head(self.grid(pixels).mean(1)), dim=-1)      # (B, E)
-
-    def embed_captions(self, ids, offsets):
-        """Captions packed as one id list (`ids`) with each caption's start in `offsets`."""
-        return F.normalize(self.text_head(self.words(ids, offsets)), dim=-1)        # (B, E)
-
-    def contrastive_loss(self, pixels, ids, offsets):
-        """CLIP's symmetric InfoNCE: each picture must pick its own caption among the batch's,
-        and each caption its own picture."""
-        logits = self.log_scale.exp() * self.embed_pictures(pixels) @ self.embed_captions(ids, offsets).T   # (B, B)
-        target = torch.arange(len(logits), device=logits.device)
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-
-
-# ----------------------------------------------------------------------------------------
-# 5. Looking at the network: python model.py
+# 4. Looking at the network: python model.py
 # ----------------------------------------------------------------------------------------
 
 def parameter_table(cfg):
@@ -591,22 +401,24 @@ def parameter_table(cfg):
     ]
 
 
-def main(argv=None):
-    """Print where the released model's 1.45 billion parameters are."""
-    parser = argparse.ArgumentParser(description="Where the parameters of a released Show-o are.")
-    parser.add_argument("--preset", choices=["showo-256", "showo-512"], default="showo-256",
-                        help="the 256 px or the 512 px release")
-    cfg = ShowoConfig.preset(parser.parse_args(argv).preset)
-    print(f"Show-o ({cfg.num_vq_tokens} image tokens a picture): hidden {cfg.hidden_size}, {cfg.num_layers} layers x {cfg.num_heads} heads "
-          f"(head {cfg.head_dim}, rotary on its first {cfg.rotary_dim} channels), MLP {cfg.intermediate_size}, "
-          f"vocabulary {cfg.vocab_size}")
+def parameter_report(cfg):
+    """The lines `python model.py` prints: the sizes, then where the parameters are."""
     table = parameter_table(cfg)
-    for part, params in table:
-        print(f"  {part:<58} {params:>14,}")
     total, embedding = table[-1][1], table[0][1]
-    print(f"A token costs about 2 x {(total - embedding) / 1e9:.2f}B = {2 * (total - embedding) / 1e9:.1f} GFLOP "
-          f"forward (every weight but the embedding once, plus attention), 3x that to train; "
-          f"the weights take {2 * total / 1e9:.1f} GB in bf16.")
+    return "\n".join([
+        f"Show-o ({cfg.num_vq_tokens} image tokens a picture): hidden {cfg.hidden_size}, {cfg.num_layers} layers "
+        f"x {cfg.num_heads} heads (head {cfg.head_dim}, rotary on its first {cfg.rotary_dim} channels), "
+        f"MLP {cfg.intermediate_size}, vocabulary {cfg.vocab_size}",
+        *(f"  {part:<58} {params:>14,}" for part, params in table),
+        f"A token costs about 2 x {(total - embedding) / 1e9:.2f}B = {2 * (total - embedding) / 1e9:.1f} GFLOP "
+        f"forward (every weight but the embedding once, plus attention), 3x that to train; "
+        f"the weights take {2 * total / 1e9:.1f} GB in bf16."])
+
+
+def main(argv=None):
+    """`python model.py`: parsed, checked and run by cli.py (errors as one line)."""
+    from cli import model_command
+    model_command(argv)
 
 
 if __name__ == "__main__":
