@@ -28,9 +28,9 @@ from checkpoint import TASKS, load_checkpoint, load_vision_tower, recommended_se
 from distributed import say
 from evaluate import SCORES, ComputeMeter, Scoring, evaluate, format_scores, sample_grid
 from pictures import (curves_picture, film_strip, image_grid, load_caption_folder, read_image, save_picture,
-                      story_strip, write_text)
+                      stitch_extension, story_strip, write_text)
 from readers import answer_from_features, answer_with_clip, clip_pixels, picture_features, picture_reader
-from sampling import answer_questions, generate_pictures, mask_to_grid, shift_codes, stitch_extension
+from sampling import answer_questions, generate_pictures, mask_to_grid, shift_codes
 from stories import STORY_FRAMES_SCORED, encode_stories, generate_stories, make_stories
 from tensor_files import materialize
 from model import Showo

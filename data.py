@@ -13,13 +13,10 @@ canvas; from each scene we derive
 - plain sentences (text_corpus)  -> BPE training and the language-modelling objective.
 
 Because the world is known exactly, we can also *score* a generated image: describe()
-reads the objects back from the pixels, and matches() checks them against the prompt.
-The last section turns pictures into the image tokenizer's tensors and codes and back.
-(A folder of your own captioned pictures is read by pictures.load_caption_folder;
-stories of several frames are stories.py.)
-
-Everything is deterministic given a seed: each function takes its own random.Random,
-never the global one, so the same seed gives the same data on every machine.
+reads the objects back from the pixels, and matches() checks them against the prompt. The
+last section turns pictures into the image tokenizer's tensors and codes and back. Every
+function takes its own random.Random, so a seed gives the same data on every machine.
+(Your own captioned pictures: pictures.load_caption_folder; stories: stories.py.)
 
 Read first: sampling.py. Read next: stories.py and readers.py (the extensions), or the
 reference files beside the reading path (README.md).
@@ -457,17 +454,13 @@ def text_corpus(n: int, seed: int) -> list[str]:
 # Pixels <-> tensors
 
 def image_to_tensor(image) -> torch.Tensor:
-    """uint8 (..., H, W, 3) -> float32 (..., 3, H, W) in [-1, 1], the image tokenizer's range.
-
-    Works on one image or a batch (any leading dimensions)."""
+    """uint8 (..., H, W, 3), one image or a batch -> float32 (..., 3, H, W) in [-1, 1] (the tokenizer's)."""
     pixels = torch.from_numpy(np.array(image, dtype=np.uint8))   # a copy: torch wants a writable buffer
     return pixels.movedim(-1, -3).float() / 127.5 - 1
 
 
 def tensor_to_image(tensor: torch.Tensor) -> np.ndarray:
-    """float (..., 3, H, W) in [-1, 1] -> uint8 (..., H, W, 3); values outside the range are clamped.
-
-    Works on one image or a batch (any leading dimensions)."""
+    """float (..., 3, H, W) in [-1, 1] -> uint8 (..., H, W, 3), one image or a batch; clamped to range."""
     pixels = ((tensor.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255)
     return pixels.to(torch.uint8).movedim(-3, -1).numpy()
 

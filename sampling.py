@@ -302,20 +302,6 @@ def shift_codes(codes, direction, grid):
     return shifted.view(b, -1)
 
 
-def stitch_extension(original, generated, direction):
-    """Original (H, W, 3) uint8 + the generated canvas -> the picture grown by half a side."""
-    h, w = original.shape[:2]
-    new_part = {"right": generated[:, w // 2:], "left": generated[:, :w - w // 2],
-                "down": generated[h // 2:], "up": generated[:h - h // 2]}[direction]
-    if direction == "right":
-        return np.concatenate([original, new_part], axis=1)
-    if direction == "left":
-        return np.concatenate([new_part, original], axis=1)
-    if direction == "down":
-        return np.concatenate([original, new_part], axis=0)
-    return np.concatenate([new_part, original], axis=0)
-
-
 # ----------------------------------------------------------------------------------------
 # 3. Text, one token at a time (Show-o §3.2 "Inference Stage")
 # ----------------------------------------------------------------------------------------

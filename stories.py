@@ -58,6 +58,7 @@ from sampling import check_image_codes, decode_tokens, guide, maskgit, with_unco
 # the scorer can apply a sentence to the frame the model actually drew.
 
 STORY_FRAMES = (2, 4)     # a training story has this many frames, both ends included
+STORY_FRAMES_SCORED = 3   # a scored story: the opening's frame and two more
 CHANGES = ("move", "recolour", "appear", "disappear")
 
 _KIND = "({}) ({})".format("|".join(COLOURS), "|".join(SHAPES))

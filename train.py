@@ -27,12 +27,9 @@ Read first: model.py. Read next: sampling.py.
 """
 
 import math
-import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
-from functools import partial
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -42,14 +39,12 @@ import data
 from attention import (lm_attention_mask, lm_sequences, shared_picture_attention_mask, shared_picture_sequences,
                        t2i_attention_mask, t2i_image_positions, t2i_sequences)
 from bpe import TextTokenizer
-from checkpoint import TASKS, save_checkpoint
 from distributed import say, step_rng
-from evaluate import SCORES, ComputeMeter, Scoring, evaluate, format_scores, report_image_tokenizer, sample_grid
-from model import IGNORE, Showo, ShowoConfig, mtp_loss, next_token_targets, ntp_loss, random_masks
-from pictures import curves_picture, load_caption_folder, save_picture
-from readers import embed_with_features, picture_reader
-from stories import STORY_FRAMES_SCORED, encode_stories, make_stories, story_losses, story_rows, story_targets
-from tokenizer import SPECIAL_TOKENS, ImageTokenizer, ImageTokenizerConfig, unified_vocab_size
+from evaluate import report_image_tokenizer
+from model import IGNORE, ShowoConfig, mtp_loss, next_token_targets, ntp_loss, random_masks
+from readers import embed_with_features
+from stories import story_losses, story_rows, story_targets
+from tokenizer import ImageTokenizer, ImageTokenizerConfig, unified_vocab_size
 
 
 # ----------------------------------------------------------------------------------------
