@@ -178,6 +178,11 @@ def mmu_vit_attention_mask(input_ids, pad_id, soi_id, eoi_id):
     return hide_padding(causal | features[:, None, :], input_ids == pad_id)
 
 
+def clip_understanding_mask(cfg):
+    """The CLIP-ViT variant's understanding mask (`mmu_vit_attention_mask`) as a function of the ids."""
+    return partial(mmu_vit_attention_mask, pad_id=cfg.pad_id, soi_id=cfg.soi_id, eoi_id=cfg.eoi_id)
+
+
 def clip_feature_slots(input_ids, soi_id, eoi_id):
     """(B, L) bool: the places of the CLIP features, after the first <|soi|>, before the first <|eoi|>."""
     opened = (input_ids == soi_id).cumsum(dim=1) > 0                    # (B, L) at or after <|soi|>
@@ -221,8 +226,7 @@ def answer_with_clip(model, tower, pixels, system_ids, questions_ids, max_new_to
     features = model.mm_projector(tower(pixels).to(model.embed.weight.dtype))   # (B, P, D)
     cfg = model.cfg
     ids = mmu_vit_sequences(system_ids, questions_ids, features.shape[1], cfg).to(pixels.device)
-    mask_rule = partial(mmu_vit_attention_mask, pad_id=cfg.pad_id, soi_id=cfg.soi_id, eoi_id=cfg.eoi_id)
-    return decode_answers(model, ids, mask_rule, max_new_tokens, temperature, top_k, generator, naive,
+    return decode_answers(model, ids, clip_understanding_mask(cfg), max_new_tokens, temperature, top_k, generator, naive,
                           partial(embed_with_features, model, features=features))
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sampling import read_rgb
+from pictures import read_rgb
 
 
 def clip_pixels(path, cfg):

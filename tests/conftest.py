@@ -25,6 +25,7 @@ import model
 import sampling
 import tokenizer
 import train
+import bpe
 
 # name -> the module that defines it (your version replaces it there and wherever it was imported)
 EXERCISES = {
@@ -80,7 +81,7 @@ def micro(tmp_path_factory):
     """(model, vq, text_tokenizer, checkpoint path) at the 'micro' preset's sizes, untrained."""
     torch.manual_seed(0)
     tc = train.PRESETS["micro"]
-    text_tokenizer = tokenizer.TextTokenizer.train(data.text_corpus(300, seed=0), tc.bpe_vocab_size)
+    text_tokenizer = bpe.TextTokenizer.train(data.text_corpus(300, seed=0), tc.bpe_vocab_size)
     vq = tokenizer.ImageTokenizer(train.image_tokenizer_config(tc, data.IMAGE_SIZE)).eval()
     showo = model.Showo(train.model_config(tc, text_tokenizer, vq)).eval()
     path = tmp_path_factory.mktemp("micro") / "micro.pt"

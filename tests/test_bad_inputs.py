@@ -22,6 +22,7 @@ import data
 import evaluate
 import sampling
 import train
+import commands
 
 CLIS = {"sampling": sampling.main, "train": train.main, "convert": checkpoint.main, "bench": bench.main,
         "evaluate": evaluate.main, "attention": attention.main}
@@ -285,7 +286,7 @@ def test_resume_keeps_the_data_the_run_was_started_on(monkeypatch, capsys, tmp_p
     assert code == 130
     monkeypatch.setattr(train.MixedBatches, "batch", real_batch)
     used = []
-    real_training_set = data.training_set
+    real_training_set = commands.training_set
     monkeypatch.setattr(data, "training_set", lambda *a: used.append(a[0]) or real_training_set(*a))
     code, _ = run_cli("train", ["--preset", "micro", "--resume", "--out-dir", str(tmp_path / "out")], {}, capsys)
     assert code is None and used == [str(folder)]

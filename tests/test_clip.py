@@ -13,6 +13,7 @@ test_parity.py).
 import json
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +23,17 @@ from PIL import Image
 
 import bench
 import sampling
-from attention import clip_feature_slots, mmu_vit_sequences
-from checkpoint import (RELEASED_CLIP_QUESTION_TEMPLATE, RELEASED_SYSTEM_PROMPT, ClipConfig, load_checkpoint,
-                        load_released_clip, load_released_showo, load_vision_tower, main, read_weights,
-                        released_clip_config, write_released_clip)
-from model import ShowoConfig, decode_text
-from sampling import answer_with_clip, clip_pixels, next_token_function, phrase_question
-from tokenizer import TextTokenizer
+from readers import clip_feature_slots, mmu_vit_sequences
+from bench import write_released_clip
+from checkpoint import (RELEASED_CLIP_QUESTION_TEMPLATE, RELEASED_SYSTEM_PROMPT, load_checkpoint,
+                        load_released_clip, load_released_showo, load_vision_tower, main, released_clip_config)
+from readers import ClipConfig
+from tensor_files import read_weights
+from model import ShowoConfig
+from commands import phrase_question
+from readers import answer_with_clip, clip_pixels, clip_understanding_mask, embed_with_features
+from sampling import decode_tokens, next_token_function
+from bpe import TextTokenizer
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TOLERANCE = 1e-4
@@ -130,10 +135,10 @@ def test_sequence_mask_and_logits(ref, showo):
     features = ref["clip.projected"].shape[1]
     assert ids[0, :prefix.shape[1]].tolist() == prefix[0].tolist()
     assert ids[0, prefix.shape[1] + features:].tolist() == suffix[0].tolist()
-    allowed = showo.clip_understanding_mask(ids)
+    allowed = clip_understanding_mask(showo.cfg)(ids)
     assert torch.equal(allowed[0], ref["mmu_vit.allowed"])
     with torch.no_grad():
-        logits = showo(showo.embed_with_features(ids, ref["clip.projected"]), allowed)
+        logits = showo(embed_with_features(showo, ids, ref["clip.projected"]), allowed)
     assert_close(logits, ref["mmu_vit.logits"], "logits")
     assert cfg.soi_id == prefix[0, -1] and cfg.eoi_id == suffix[0, 0]
 
@@ -141,12 +146,12 @@ def test_sequence_mask_and_logits(ref, showo):
 @pytest.mark.parametrize("naive", [True, False], ids=["naive", "kv-cached"])
 def test_greedy_answer_tokens(ref, showo, naive):
     ids = reference_sequence(ref, showo)
-    embed = lambda tokens: showo.embed_with_features(tokens, ref["clip.projected"])   # noqa: E731
+    embed = partial(embed_with_features, showo, features=ref["clip.projected"])
     expected = ref["mmu_vit.greedy_next8"].view(1, -1)
     with torch.no_grad():
         # The reference picks from the whole vocabulary and never stops early.
-        answer = decode_text(next_token_function(showo, showo.clip_understanding_mask, naive, embed), ids,
-                             expected.shape[1], showo.cfg, stop_at_eos=False)
+        answer = decode_tokens(next_token_function(showo, clip_understanding_mask(showo.cfg), naive, embed), ids,
+                               expected.shape[1])
     assert torch.equal(answer, expected), f"greedy {answer.tolist()} vs {expected.tolist()}"
 
 

@@ -18,7 +18,8 @@ from PIL import Image
 
 import data
 from checkpoint import load_checkpoint
-from sampling import answer_questions, generate_pictures, recommended_settings
+from checkpoint import recommended_settings
+from sampling import answer_questions, generate_pictures
 
 ROOT = Path(__file__).resolve().parent.parent
 

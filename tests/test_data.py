@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import data
+import pictures
 from data import COLOURS, PLACES, SHAPES, ShapeObject
 
 PALETTE = {(0, 0, 0), *COLOURS.values()}
@@ -325,7 +326,7 @@ def test_read_picture_scales_high_bit_depths(tmp_path, name):
     values, mode = GREY_FILES[name]
     Image.fromarray(values()).save(tmp_path / name)
     assert Image.open(tmp_path / name).mode == mode   # the test really exercises this mode
-    picture = data.read_picture(tmp_path / name)
+    picture = pictures.read_picture(tmp_path / name)
     assert picture.shape == (8, 12, 3) and picture.dtype == np.uint8
     assert (picture[..., 0] == picture[..., 2]).all()
     # within one level of the 8-bit picture: scaled, not clipped (clipped 16-bit reads ~all white)
@@ -367,14 +368,14 @@ COLOUR_FILES = {
 def test_read_picture_colour_modes_and_transparency(tmp_path, name):
     make, row, tolerance = COLOUR_FILES[name]
     make().save(tmp_path / name)
-    picture = data.read_picture(tmp_path / name)
+    picture = pictures.read_picture(tmp_path / name)
     assert picture.shape == (8, 8, 3) and picture.dtype == np.uint8
     assert np.abs(picture.astype(int) - np.array(row)).max() <= tolerance
 
 
 def test_read_picture_composites_partial_transparency_on_white(tmp_path):
     Image.new("RGBA", (2, 2), (0, 0, 0, 128)).save(tmp_path / "half.png")   # black at half opacity
-    assert (np.abs(data.read_picture(tmp_path / "half.png").astype(int) - 127) <= 1).all()
+    assert (np.abs(pictures.read_picture(tmp_path / "half.png").astype(int) - 127) <= 1).all()
 
 
 def write_truncated_png(path):
@@ -402,7 +403,7 @@ def test_read_picture_unreadable_file_is_one_line_value_error(tmp_path, monkeypa
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)   # 32x32 is over twice that: an error
     UNREADABLE[name](tmp_path / name)
     with pytest.raises(ValueError) as caught:
-        data.read_picture(tmp_path / name)
+        pictures.read_picture(tmp_path / name)
     message = str(caught.value)
     assert message.startswith(f"cannot read image {tmp_path / name} (")
     assert message.endswith("): give a PNG or JPEG file") and "\n" not in message
@@ -412,7 +413,7 @@ def test_read_picture_names_a_decompression_bomb(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     write_bomb(tmp_path / "bomb.png")
     with pytest.raises(ValueError, match="DecompressionBombError"):
-        data.read_picture(tmp_path / "bomb.png")
+        pictures.read_picture(tmp_path / "bomb.png")
 
 
 # -----------------------------------------------------------------------------
@@ -451,7 +452,7 @@ def test_load_caption_folder(tmp_path):
     write_folder(tmp_path, GOOD_LINES)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        items = data.load_caption_folder(tmp_path)
+        items = pictures.load_caption_folder(tmp_path)
     assert len(caught) == 1   # every skipped line counted in one warning
     message = str(caught[0].message)
     assert message.startswith("skipped 4 of 8 images: 3 could not be read (first: cannot read image ")
@@ -465,7 +466,7 @@ def test_load_caption_folder(tmp_path):
     assert (items[2][0] == (0, 255, 0)).all()
     assert (items[3][0] == 128).all()   # scaled from 16 bits, not clipped to white
     with pytest.warns(UserWarning, match="skipped 4 of 8"):
-        assert data.load_caption_folder(tmp_path, resolution=16)[0][0].shape == (16, 16, 3)
+        assert pictures.load_caption_folder(tmp_path, resolution=16)[0][0].shape == (16, 16, 3)
 
 
 def test_load_caption_folder_skips_a_decompression_bomb(tmp_path, monkeypatch):
@@ -476,7 +477,7 @@ def test_load_caption_folder_skips_a_decompression_bomb(tmp_path, monkeypatch):
         json.dumps({"image": "bomb.png", "caption": "too big"}) + "\n"
         + json.dumps({"image": "small.png", "caption": "blue"}) + "\n")
     with pytest.warns(UserWarning, match=r"skipped 1 of 2 images: 1 could not be read .*bomb\.png"):
-        items = data.load_caption_folder(tmp_path)
+        items = pictures.load_caption_folder(tmp_path)
     assert [text for _, text in items] == ["blue"] and (items[0][0] == (0, 0, 255)).all()
 
 
@@ -485,7 +486,7 @@ def test_load_caption_folder_all_captions_empty(tmp_path):
                             json.dumps({"image": "grey.png", "caption": " \t"})])
     with pytest.raises(ValueError, match=r"^every caption in .*captions\.jsonl is empty: "
                                          r"give each picture a caption$"):
-        data.load_caption_folder(tmp_path)
+        pictures.load_caption_folder(tmp_path)
 
 
 @pytest.mark.parametrize("bad_line, complaint", [
@@ -497,11 +498,11 @@ def test_load_caption_folder_all_captions_empty(tmp_path):
 def test_load_caption_folder_malformed_line(tmp_path, bad_line, complaint):
     write_folder(tmp_path, GOOD_LINES + [bad_line])
     with pytest.raises(ValueError, match=f"captions.jsonl line {len(GOOD_LINES) + 1}: .*{re.escape(complaint)}"):
-        data.load_caption_folder(tmp_path)
+        pictures.load_caption_folder(tmp_path)
 
 
 def test_load_caption_folder_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="captions.jsonl"):
-        data.load_caption_folder(tmp_path / "nowhere")
+        pictures.load_caption_folder(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="captions.jsonl"):
-        data.load_caption_folder(tmp_path)
+        pictures.load_caption_folder(tmp_path)

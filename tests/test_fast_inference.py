@@ -12,8 +12,8 @@ from PIL import Image
 
 import sampling
 from attention import lm_attention_mask, mmu_sequences
-from sampling import (CachedNextToken, CachedPromptT2I, FullRecomputeT2I, generate_image_codes,
-                      generate_image_codes_ar, generate_text_cached, left_pad)
+from sampling import (CachedNextToken, CachedPromptT2I, FullRecomputeT2I, decode_tokens, generate_image_codes,
+                      generate_image_codes_ar, left_pad, next_token_function, understanding_mask_of)
 
 pytestmark = pytest.mark.lesson7   # COURSE.md: `python -m pytest -q -m lesson7` checks that lesson's exercise
 
@@ -120,15 +120,15 @@ def test_mmu_cached_logits_and_greedy_tokens_match_naive(micro, attention):
     model, _, text_tokenizer, _ = micro
     ids = question_batch(model, text_tokenizer)
     steps = 6
-    naive = model.generate_text(ids, steps, stop_at_eos=False, text_only=True)
-    fast = generate_text_cached(model, ids, steps, stop_at_eos=False, text_only=True)
+    rule = understanding_mask_of(model.cfg)
+    naive, fast = (decode_tokens(next_token_function(model, rule, naive), ids, steps) for naive in (True, False))
     assert torch.equal(fast, naive)
     # Logits along that answer, each step fed only the token the cache has not seen.
     answered = torch.cat([ids, naive], dim=1)
-    cached = CachedNextToken(model, model.understanding_mask)
+    cached = CachedNextToken(model, understanding_mask_of(model.cfg))
     with torch.no_grad():
         for end in range(ids.shape[1], answered.shape[1] + 1):
-            expected = model.next_token_logits(answered[:, :end])
+            expected = model(answered[:, :end], rule(answered[:, :end]))[:, -1]
             worst = (cached(answered[:, :end]) - expected).abs().max().item()
             assert worst <= TOLERANCE, f"length {end}: max abs difference {worst:.2e}"
 
@@ -138,7 +138,7 @@ def test_kv_cache_grows_by_one_position_per_generated_token(micro):
     cfg = model.cfg
     ids = question_batch(model, text_tokenizer)
     prompt = ids.shape[1]
-    cached = CachedNextToken(model, model.understanding_mask)
+    cached = CachedNextToken(model, understanding_mask_of(model.cfg))
     expected_shape = (len(QUESTIONS), cfg.num_heads, prompt, cfg.head_dim)
     before = []
     with torch.no_grad():

@@ -14,7 +14,8 @@ import torch
 import data
 from tokenizer import ImageTokenizerConfig, LookupFreeQuantizer
 from evaluate import ComputeMeter
-from train import PRESETS, Distributed, train_image_tokenizer
+from distributed import Process
+from train import PRESETS, train_image_tokenizer
 
 pytestmark = pytest.mark.lesson2   # COURSE.md: `python -m pytest -q -m lesson2` checks that lesson's exercise
 
@@ -74,8 +75,8 @@ def test_training_the_tokenizer_lowers_reconstruction_error():
     pixels = data.image_to_tensor(images)
     meter = ComputeMeter()
     torch.manual_seed(0)
-    untrained = train_image_tokenizer(replace(tc, vq_steps=1, vq_lr=1e-9), images, Distributed("cpu"), ComputeMeter())
-    trained = train_image_tokenizer(tc, images, Distributed("cpu"), meter)
+    untrained = train_image_tokenizer(replace(tc, vq_steps=1, vq_lr=1e-9), images, Process("cpu"), ComputeMeter())
+    trained = train_image_tokenizer(tc, images, Process("cpu"), meter)
     with torch.no_grad():
         before = (untrained.decode(untrained.encode(pixels)) - pixels).pow(2).mean().item()
         after = (trained.decode(trained.encode(pixels)) - pixels).pow(2).mean().item()

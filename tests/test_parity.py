@@ -21,11 +21,15 @@ import sampling
 
 from attention import (lm_attention_mask, mmu_attention_mask, mmu_sequences, omni_attention_mask, picture_blocks,
                        t2i_attention_mask)
-from checkpoint import (RELEASED_QUESTION_TEMPLATE, RELEASED_SAMPLING, CheckpointError, load_checkpoint,
-                        load_released_image_tokenizer, load_released_showo, main, read_weights, write_safetensors)
-from model import SPECIAL_TOKENS, ShowoConfig
-from sampling import answer_questions, generate_image_codes, guide, mask_schedule, phrase_question
-from tokenizer import TextTokenizer
+from checkpoint import (RELEASED_QUESTION_TEMPLATE, RELEASED_SAMPLING, load_checkpoint,
+                        load_released_image_tokenizer, load_released_showo, main)
+from tensor_files import CheckpointError, read_weights, write_safetensors
+from model import ShowoConfig
+from tokenizer import SPECIAL_TOKENS
+from commands import phrase_question
+from sampling import (answer_questions, decode_tokens, generate_image_codes, guide, mask_schedule, next_token_function,
+                      understanding_mask_of)
+from bpe import TextTokenizer
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "fixtures" / "official_tiny"
 TOLERANCE = 1e-4
@@ -120,7 +124,7 @@ def test_mmu_mask_logits_and_greedy_answer(ref, showo, explicit):
             assert_close_on_real_tokens(showo(ids, allowed), ref["mmu.logits"], ids, cfg.pad_id)
         expected = ref["mmu.greedy_next8"].view(1, -1)
         # No early stop: the reference generated exactly this many tokens.
-        answer = showo.generate_text(ids, expected.shape[1], stop_at_eos=False)
+        answer = decode_tokens(next_token_function(showo, understanding_mask_of(cfg), naive=True), ids, expected.shape[1])
     finally:
         showo.use_explicit_attention(False)
     assert torch.equal(answer, expected), f"greedy {answer.tolist()} vs {expected.tolist()}"

@@ -11,7 +11,9 @@ import torch
 import data
 import sampling
 import train
-from model import ContrastiveEncoder, Showo, ShowoConfig
+import readers
+from model import Showo, ShowoConfig
+from readers import ContrastiveEncoder
 
 pytestmark = pytest.mark.lesson10
 
@@ -21,7 +23,7 @@ def test_lfq_features_are_what_the_codes_quantize(micro):
     signs, read as bits, are exactly the codes (MAGVIT-v2 §3.1, lookup-free quantization)."""
     _, vq, _, _ = micro
     images = np.stack([e.image for e in data.make_examples(4, seed=0)])
-    features = data.picture_features(vq.encoder, images, "cpu")                     # (B, N, C)
+    features = readers.picture_features(vq.encoder, images, "cpu")                     # (B, N, C)
     codes = data.encode_pictures(vq, images, "cpu")                                  # (B, N)
     assert features.shape == (*codes.shape, vq.cfg.z_channels)
     bits = (features > 0).long()                                                     # the first channel is the top bit
@@ -68,19 +70,19 @@ CFG = ShowoConfig(llm_vocab_size=30, codebook_size=16, vocab_size=30 + 10 + 16 +
 
 @pytest.mark.parametrize("naive", [False, True])
 def test_answers_from_features_equal_a_sequence_of_embeddings(naive):
-    """answer_questions on (B, N, C) features = the full network on embeddings with the
+    """answer_from_features on (B, N, C) features = the full network on embeddings with the
     projected features in the picture's places, token by token."""
     torch.manual_seed(0)
     model = Showo(CFG).eval()
     features = torch.randn(2, 4, 5)
-    answers = sampling.answer_questions(model, features, [[5, 6], [7]], max_new_tokens=4, naive=naive)
+    answers = readers.answer_from_features(model, features, [[5, 6], [7]], max_new_tokens=4, naive=naive)
     for row, question, answer in zip(features, [[5, 6], [7]], answers):
         ids = [CFG.mmu_id, CFG.soi_id, *[CFG.mask_token_id] * 4, CFG.eoi_id, CFG.bos_token_id, *question]
         for token in answer:
             tensor = torch.tensor([ids])
             with torch.no_grad():
-                inputs = model.embed_with_features(tensor, model.mm_projector(row[None]))
-                logits = model(inputs, model.understanding_mask(tensor))[0, -1, :CFG.llm_vocab_size]
+                inputs = readers.embed_with_features(model, tensor, model.mm_projector(row[None]))
+                logits = model(inputs, sampling.understanding_mask_of(CFG)(tensor))[0, -1, :CFG.llm_vocab_size]
             assert logits.argmax().item() == token
             ids.append(token)
 

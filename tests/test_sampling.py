@@ -12,10 +12,12 @@ import torch.nn.functional as F
 
 import sampling
 from attention import t2i_attention_mask, t2i_sequences
-from checkpoint import CheckpointError, load_checkpoint
-from model import ShowoConfig, decode_text
-from sampling import (FullRecomputeT2I, generate_image_codes, guide, mask_schedule, maskgit_step,
-                      shift_codes, stitch_extension)
+from checkpoint import load_checkpoint
+from tensor_files import CheckpointError
+from model import ShowoConfig
+from pictures import stitch_extension
+from sampling import (FullRecomputeT2I, decode_tokens, generate_image_codes, guide, mask_schedule, maskgit_step,
+                      shift_codes)
 
 
 @pytest.mark.lesson6
@@ -201,7 +203,7 @@ def test_the_answer_loop_stops_each_row_at_eos():
         calls.append(step)
         return F.one_hot(plans[:, step], cfg.vocab_size).float()
 
-    new = decode_text(next_logits, torch.zeros(2, 2, dtype=torch.long), max_new_tokens=50, cfg=cfg)
+    new = decode_tokens(next_logits, torch.zeros(2, 2, dtype=torch.long), max_new_tokens=50, eos_id=cfg.eos_token_id)
     assert new.tolist() == [[3, 9, 9, 9], [4, 4, 4, 9]]
     assert calls == [0, 1, 2, 3]
 

@@ -1,5 +1,5 @@
 """Stories: mixed-modality generation (data.py stories, attention.story_sequence and its mask,
-train.MixedBatches.story, sampling.generate_stories, evaluate.story_scores, sampling.py --story).
+train.MixedBatches.story, stories.generate_stories, evaluate.story_scores, sampling.py --story).
 """
 
 import random
@@ -11,7 +11,9 @@ import torch
 import data
 import sampling
 import train
-from attention import sentence_slots, story_attention_mask, story_sequence
+import cli
+import stories
+from stories import sentence_slots, story_attention_mask, story_sequence
 from model import IGNORE, Showo, ShowoConfig
 
 pytestmark = pytest.mark.lesson9   # COURSE.md: `python -m pytest -q -m lesson9` checks that lesson's exercise
@@ -22,13 +24,13 @@ RED_CIRCLE = frozenset({("red", "circle", "top left")})
 # ---- the world's stories (data.py) ---------------------------------------------------------
 
 def test_generated_stories_follow_their_sentences_frame_by_frame():
-    stories = data.make_stories(300, seed=3)
-    assert {len(s.sentences) for s in stories} == {2, 3, 4}
-    changes = {next(c for c, p in data.CHANGE_PATTERNS.items() if p.fullmatch(s)) for st in stories
+    made = stories.make_stories(300, seed=3)
+    assert {len(s.sentences) for s in made} == {2, 3, 4}
+    changes = {next(c for c, p in stories.CHANGE_PATTERNS.items() if p.fullmatch(s)) for st in made
                for s in st.sentences[1:]}
-    assert changes == set(data.CHANGES)
-    for story in stories:
-        assert all(valid and right for valid, right in data.check_story(story.images, story.sentences))
+    assert changes == set(stories.CHANGES)
+    for story in made:
+        assert all(valid and right for valid, right in stories.check_story(story.images, story.sentences))
 
 
 @pytest.mark.parametrize("sentence, after", [
@@ -37,7 +39,7 @@ def test_generated_stories_follow_their_sentences_frame_by_frame():
     ("a blue square appears at the top right", {("red", "circle", "top left"), ("blue", "square", "top right")}),
 ])
 def test_apply_change(sentence, after):
-    assert data.apply_change(RED_CIRCLE, sentence) == after
+    assert stories.apply_change(RED_CIRCLE, sentence) == after
 
 
 @pytest.mark.parametrize("sentence, why", [
@@ -51,11 +53,11 @@ def test_apply_change(sentence, after):
 ])
 def test_apply_change_refuses_what_cannot_happen(sentence, why):
     with pytest.raises(ValueError, match=why):
-        data.apply_change(RED_CIRCLE, sentence)
+        stories.apply_change(RED_CIRCLE, sentence)
 
 
 def test_a_change_leaves_the_rest_of_the_picture_alone():
-    for story in data.make_stories(50, seed=4):
+    for story in stories.make_stories(50, seed=4):
         for before, after, sentence in zip(story.images, story.images[1:], story.sentences[1:]):
             lit_before, lit_after = before.max(axis=2) > 0, after.max(axis=2) > 0
             if sentence.startswith("a "):             # "... appears ...": only adds pixels
@@ -65,15 +67,15 @@ def test_a_change_leaves_the_rest_of_the_picture_alone():
 
 
 def test_the_scorer_catches_a_wrong_frame_and_a_false_sentence():
-    story = data.random_story(random.Random(5), frames=3)
-    good = data.check_story(story.images, story.sentences)
+    story = stories.random_story(random.Random(5), frames=3)
+    good = stories.check_story(story.images, story.sentences)
     assert all(right for _, right in good)
     # frame 2 shown again as frame 3: the third sentence's change did not happen
-    stuck = data.check_story(np.stack([story.images[0], story.images[1], story.images[1]]), story.sentences)
+    stuck = stories.check_story(np.stack([story.images[0], story.images[1], story.images[1]]), story.sentences)
     assert [right for _, right in stuck] == [True, True, False]
     # a change that cannot happen (no red circle, or one already red) is not valid, nor its frame right
     wrong = story.sentences[:2] + ["the red circle turns red"]
-    assert data.check_story(story.images, wrong)[2] == (False, False)
+    assert stories.check_story(story.images, wrong)[2] == (False, False)
 
 
 # ---- layout and mask (attention.py) ---------------------------------------------------------
@@ -110,15 +112,15 @@ def test_the_story_mask_hides_later_frames_and_shows_earlier_ones_whole():
 # ---- training rows (train.MixedBatches.story) -----------------------------------------------
 
 def story_batches(n_stories=4):
-    tc = train.override(train.PRESETS["micro"], ["batch_story=6", "train_stories=4"])
-    stories = [([[5, 6], [7], [8, 9, 10]], torch.arange(12).view(3, 4) % 16)] * n_stories
-    return train.MixedBatches(CFG, tc, torch.zeros(1, 4, dtype=torch.long), [[1]], [[([1], [2])]], [[1]], stories)
+    tc = cli.override(train.PRESETS["micro"], ["batch_story=6", "train_stories=4"])
+    rows = [([[5, 6], [7], [8, 9, 10]], torch.arange(12).view(3, 4) % 16)] * n_stories
+    return train.MixedBatches(CFG, tc, torch.zeros(1, 4, dtype=torch.long), [[1]], [[([1], [2])]], [[1]], rows)
 
 
 def test_a_story_row_ends_with_the_frame_it_trains_and_labels_both_objectives():
     batches, rng, gen = story_batches(), random.Random(0), torch.Generator().manual_seed(0)
     parts = [batches.story(rng, gen) for _ in range(12)]
-    rows = [row for part in parts for row in zip(part.ids.tolist(), part.labels, train.story_targets(part),
+    rows = [row for part in parts for row in zip(part.ids.tolist(), part.labels, stories.story_targets(part),
                                                  part.mtp_positions)]
     for ids, labels, target, mtp in rows:
         end = max(i for i, t in enumerate(ids) if t != CFG.pad_id)           # the row's last real token
@@ -159,7 +161,7 @@ def test_the_story_loss_splits_into_its_two_objectives_and_drops():
         assert last < 0.65 * first, (kind, first, last)
 
 
-# ---- generating in turn (sampling.generate_stories) ----------------------------------------
+# ---- generating in turn (stories.generate_stories) ----------------------------------------
 
 @pytest.mark.parametrize("given_first_frame", [False, True])
 def test_cached_and_naive_stories_give_the_same_tokens(given_first_frame):
@@ -170,7 +172,7 @@ def test_cached_and_naive_stories_give_the_same_tokens(given_first_frame):
     for naive in (False, True):
         generator = torch.Generator().manual_seed(7)
         settings = {"steps": 3, "guidance": 1.5, "temperature": 1.0}
-        runs.append(sampling.generate_stories(model, [[5, 6], [7]], 3, settings, generator, first, naive=naive))
+        runs.append(stories.generate_stories(model, [[5, 6], [7]], 3, settings, generator, first, naive=naive))
     (codes, words), (naive_codes, naive_words) = runs
     assert codes.shape == (2, 3, 4) and torch.equal(codes, naive_codes) and words == naive_words
     assert len(words) == 2 and all(len(sentences) == 2 for sentences in words)
@@ -185,7 +187,7 @@ def test_a_story_frame_is_drawn_with_guidance():
     model = Showo(CFG).eval()
     settings = {"steps": 1, "guidance": 2.0, "temperature": 1.0}
     prompt = torch.tensor([story_sequence([[5, 6]], [], CFG), story_sequence([[]], [], CFG)])
-    codes = sampling.draw_frame(sampling.StorySoFar(model, prompt), settings, torch.Generator().manual_seed(3))
+    codes = stories.draw_frame(stories.StorySoFar(model, prompt), settings, torch.Generator().manual_seed(3))
     blank = [CFG.mask_token_id] * CFG.num_vq_tokens
     ids = torch.tensor([story_sequence([[5, 6]], [blank], CFG), story_sequence([[]], [blank], CFG)])
     with torch.no_grad():
@@ -203,7 +205,7 @@ def test_the_cache_never_runs_a_token_twice():
     rows = []
     model.blocks[0].register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].shape[1]))
     steps, frames = 3, 3
-    codes, _ = sampling.generate_stories(model, [[5, 6]], frames, {"steps": steps, "guidance": 0, "temperature": 1.0},
+    codes, _ = stories.generate_stories(model, [[5, 6]], frames, {"steps": steps, "guidance": 0, "temperature": 1.0},
                                          torch.Generator().manual_seed(0))
     story_length = 1 + frames * (CFG.max_text_len + CFG.num_vq_tokens + 2) - (CFG.num_vq_tokens + 2)
     frame = CFG.num_vq_tokens + 2

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokenizer import EOS_TOKEN, TextTokenizer, apply_merges, bytes_to_unicode, merge_pair, pretokenize
+from bpe import EOS_TOKEN, TextTokenizer, apply_merges, bytes_to_unicode, merge_pair, pretokenize
 
 pytestmark = pytest.mark.lesson1   # COURSE.md: `python -m pytest -q -m lesson1` checks that lesson's exercise
 

@@ -14,12 +14,15 @@ from PIL import Image
 import data
 import evaluate
 import train
+import cli
+import commands
 from attention import mmu_attention_mask, mmu_sequences
 from checkpoint import load_checkpoint
 from evaluate import ComputeMeter
 from model import IGNORE, Showo, ShowoConfig, mtp_loss, ntp_loss
-from train import (PRESETS, Distributed, MixedBatches, MixedForward, Run, learning_rate,
-                   mixed_loss, model_config, train_transformer)
+from commands import TrainingState
+from distributed import Process
+from train import MixedBatches, MixedForward, PRESETS, learning_rate, mixed_loss, model_config, train_transformer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,8 +138,8 @@ def test_training_loss_falls(micro):
     torch.manual_seed(0)
     cfg, tc, batches = micro_batches(micro)
     model = Showo(cfg)
-    state = Run(replace(tc, steps=40, lr=3e-3, warmup=5), "micro", history=[], scores=[], meter=ComputeMeter())
-    train_transformer(model, batches, state, Distributed("cpu"))
+    state = TrainingState(replace(tc, steps=40, lr=3e-3, warmup=5), "micro", history=[], scores=[], meter=ComputeMeter())
+    train_transformer(model, batches, state, Process("cpu"))
     first = np.mean([sum(h.values()) for h in state.history[:5]])
     last = np.mean([sum(h.values()) for h in state.history[-5:]])
     assert last < 0.7 * first, f"loss {first:.2f} -> {last:.2f}"
@@ -202,12 +205,12 @@ def test_pictures_at_another_resolution_are_scored_at_32_px():
     """A released tokenizer decodes 256 px pictures; the scorer reads the shapes world at 32 px."""
     example = data.make_examples(1, seed=3)[0]
     large = np.array(Image.fromarray(example.image).resize((256, 256), Image.NEAREST))
-    assert evaluate.as_world_picture(large).shape == (32, 32, 3)
-    assert data.matches(evaluate.as_world_picture(large), example.caption)
+    assert data.as_world_picture(large).shape == (32, 32, 3)
+    assert data.matches(data.as_world_picture(large), example.caption)
 
 
 def test_set_reads_each_field_as_its_type():
-    tc = train.override(PRESETS["micro"], ["steps=7", "lr=0.5", "vq_ch_mult=1,2", "mmu_answer_only=true"])
+    tc = cli.override(PRESETS["micro"], ["steps=7", "lr=0.5", "vq_ch_mult=1,2", "mmu_answer_only=true"])
     assert (tc.steps, tc.lr, tc.vq_ch_mult, tc.mmu_answer_only) == (7, 0.5, (1, 2), True)
 
 
@@ -343,7 +346,7 @@ def test_scores_count_right_and_wrong_pictures_and_answers(micro, monkeypatch):
     monkeypatch.setattr(evaluate, "generate_pictures", draw)
     monkeypatch.setattr(evaluate, "answer_questions", answer)
     monkeypatch.setattr(data, "make_examples", remember)
-    scores = evaluate.evaluate(model, table, text_tokenizer, train.scoring(tc))
+    scores = evaluate.evaluate(model, table, text_tokenizer, commands.scoring(tc))
     assert scores["t2i_one"] == scores["t2i_two"] == scores["t2i_novel"] == 0.5
     assert scores["vqa"] == pytest.approx(0.5, abs=0.1) and scores["caption"] == pytest.approx(0.5, abs=0.2)
 
