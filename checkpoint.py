@@ -479,6 +479,8 @@ def read_checkpoint_file(path):
                               f"or convert the released weights with `python checkpoint.py convert`")
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder: give a checkpoint file (e.g. out/tiny.pt)")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file (a device or a pipe?): give a checkpoint file")
     blob = read_torch_file(path)
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a Show-o checkpoint of this project: "

@@ -29,12 +29,12 @@ import torch
 import bench
 import data
 import evaluate
-from checkpoint import DEFAULT_SETTINGS, DTYPES, convert
+from checkpoint import DEFAULT_SETTINGS, DTYPES, convert, read_checkpoint_file
 from commands import sample, train_run
 from distributed import Process
 from model import ShowoConfig, parameter_report
 from pictures import MASK_NAMES, mask_examples, mask_picture, save_picture, show_mask
-from tensor_files import first_line
+from tensor_files import CheckpointError, first_line
 from train import MMU_FEATURES, PRESETS, Diverged
 
 
@@ -528,8 +528,10 @@ def check_bench_arguments(args):
         if min(args.mtp_steps) < 1:
             raise UsageError(f"--mtp-steps {args.mtp_steps}: every step count must be at least 1")
         for flag, path in (("--mtp", args.mtp), ("--ar", args.ar)):
-            if not Path(path).is_file():
-                raise UsageError(f"{flag} {path}: no such checkpoint file")
+            try:
+                read_checkpoint_file(path)                # its header: both arms open before any timing
+            except CheckpointError as error:
+                raise UsageError(f"{flag}: {error}") from None
 
 
 def bench_command(argv=None):

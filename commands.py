@@ -29,7 +29,7 @@ from distributed import say
 from evaluate import SCORES, ComputeMeter, Scoring, evaluate, format_scores, sample_grid
 from pictures import (curves_picture, film_strip, image_grid, load_caption_folder, read_image, save_picture,
                       stitch_extension, story_strip, write_text)
-from readers import answer_from_features, answer_with_clip, clip_pixels, picture_features, picture_reader
+from readers import answer_from_features, answer_with_clip, clip_pixels, picture_reader, stored_reader
 from sampling import answer_questions, generate_pictures, mask_to_grid, shift_codes
 from stories import STORY_FRAMES_SCORED, encode_stories, generate_stories, make_stories
 from tensor_files import materialize
@@ -335,9 +335,9 @@ def ask(session, image_path, question):
         system_ids = session.text_tokenizer.encode(session.extra.get("system_prompt", ""))
         pixels = clip_pixels(image_path, session.clip.cfg).to(session.device)
         [answer] = answer_with_clip(model, session.clip, pixels, system_ids, [question_ids], *settings)
-    elif session.extra.get("mmu_features", "codes") == "lfq_continuous":
-        picture = read_image(image_path, session.vq.cfg.resolution)
-        features = picture_features(session.vq.encoder, picture[None], session.device).to(session.device)
+    elif session.extra.get("mmu_features", "codes") != "codes":
+        reader = stored_reader(session.extra, session.vq, session.text_tokenizer, session.device)
+        features = reader(read_image(image_path, session.vq.cfg.resolution)[None]).to(session.device)
         [answer] = answer_from_features(model, features, [question_ids], *settings)
     else:
         [answer] = answer_questions(model, session.encode_image(image_path), [question_ids], *settings)
@@ -363,12 +363,6 @@ def tell(session, opening, frames, image_path=None):
     return data.tensor_to_image(session.vq.decode(codes[0])), sentences
 
 
-# A checkpoint of the representation ablation's contrastive arm (train.py mmu_features)
-# holds the transformer and its projector but not the encoder its pictures went through.
-CONTRASTIVE_NOT_SAVED = ("understands through the contrastive encoder of its training run, which the checkpoint "
-                         "does not hold (it was trained for the representation table)")
-
-
 def check_against_model(session):
     """The values that depend on the loaded model: refuse what the model cannot do."""
     args, cfg, extra = session.args, session.model.cfg, session.extra
@@ -381,8 +375,6 @@ def check_against_model(session):
         raise ValueError(f"{args.ckpt} was never trained to {task} ({flag}): it was trained to "
                          f"{' and '.join(tasks) or 'nothing'}" + (
                              "; train a story model with python train.py --preset story" if task == "tell" else ""))
-    if args.question is not None and extra.get("mmu_features") == "contrastive":
-        raise ValueError(f"{args.ckpt} {CONTRASTIVE_NOT_SAVED}: ask a codes or lfq_continuous checkpoint")
     if args.steps is not None and session.objective == "ar" and args.question is None:
         raise ValueError(f"--steps {args.steps}: {args.ckpt} draws in raster order, one step per image token "
                          f"({cfg.num_vq_tokens}): drop --steps")

@@ -28,7 +28,6 @@ import random
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import torch
@@ -39,7 +38,7 @@ import data
 from bpe import TextTokenizer, token_to_bytes
 from checkpoint import load_checkpoint, recommended_settings
 from pictures import image_grid, lfq_picture, save_picture
-from readers import answer_from_features, picture_features
+from readers import answer_from_features, picture_features, stored_reader
 from sampling import answer_questions, generate_pictures
 from stories import STORY_FRAMES_SCORED, story_scores
 
@@ -380,8 +379,7 @@ def print_scores(ckpt):
     """`python evaluate.py scores`: the held-out scores of a train.py checkpoint, as it was scored."""
     model, vq, text_tokenizer, extra = load_checkpoint(ckpt)
     scoring = scoring_of_checkpoint(extra)
-    features = extra.get("mmu_features", "codes")
-    reader = partial(picture_features, vq.encoder, device="cpu") if features == "lfq_continuous" else None
+    reader = stored_reader(extra, vq, text_tokenizer, "cpu")
     drawn = extra.get("train_config", {}).get("batch_t2i", 1) > 0
     print(format_scores(evaluate(model, vq, text_tokenizer, scoring, reader, draw=drawn)))
 

@@ -19,9 +19,8 @@ holds, as one opt-in read beside the core:
 Read first: sampling.py. Read next: bench.py (the released sizes at work).
 """
 
-from functools import partial
-
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -35,6 +34,7 @@ from data import image_to_tensor
 from distributed import step_rng
 from pictures import read_rgb
 from sampling import decode_answers, left_pad, understanding_mask_of
+from tensor_files import materialize
 
 
 # ----------------------------------------------------------------------------------------
@@ -322,6 +322,24 @@ def picture_reader(tc, vq, text_tokenizer, training_data, process, state):
         encoder = train_contrastive_encoder(tc, training_data, text_tokenizer, process, state.meter)
         state.readers["contrastive"] = {k: v.cpu() for k, v in encoder.state_dict().items()}
     return partial(picture_features, encoder.eval().features, device=process.device)
+
+
+def stored_reader(extra, vq, text_tokenizer, device):
+    """picture_reader for a trained checkpoint: None for codes, else what its understanding
+    reads, rebuilt from the checkpoint (the LFQ encoder, or the contrastive encoder stored
+    with the run). ValueError for a contrastive checkpoint that does not hold its encoder."""
+    features = extra.get("mmu_features", "codes")
+    if features == "codes":
+        return None
+    if features == "lfq_continuous":
+        return partial(picture_features, vq.encoder, device=device)
+    stored = extra.get("train_state", {}).get("readers", {}).get("contrastive")
+    if stored is None:
+        raise ValueError("it understands through the contrastive encoder of its training run, which this "
+                         "checkpoint does not hold: retrain it, or ask a codes or lfq_continuous checkpoint")
+    encoder = ContrastiveEncoder(len(text_tokenizer)).to(device)
+    encoder.load_state_dict(materialize(stored))
+    return partial(picture_features, encoder.eval().features, device=device)
 
 
 @torch.no_grad()

@@ -18,27 +18,36 @@ import pytest
 import torch
 
 import attention
+import bench
+import bpe
 import checkpoint
+import cli
+import commands
 import data
+import distributed
 import evaluate
 import model
+import pictures
+import readers
 import sampling
+import stories
+import tensor_files
 import tokenizer
 import train
-import bpe
 
 # name -> the module that defines it (your version replaces it there and wherever it was imported)
 EXERCISES = {
     "t2i_attention_mask": attention, "mmu_attention_mask": attention,     # lesson 3
     "apply_rotary": model, "QKNormAttention": model,                      # lesson 4
     "ntp_loss": model, "mtp_loss": model,                                 # lesson 5
-    "merge_pair": tokenizer, "LookupFreeQuantizer": tokenizer,            # lessons 1, 2
+    "merge_pair": bpe, "LookupFreeQuantizer": tokenizer,                  # lessons 1, 2
     "guide": sampling, "maskgit_step": sampling, "CachedNextToken": sampling,   # lessons 6, 7
     "prediction_targets": train,                                          # lesson 8
     "omni_attention_mask": attention,                                     # lesson 9
-    "clip_pixels": sampling,                                              # lesson 10
+    "clip_pixels": readers,                                               # lesson 10
 }
-PROJECT_MODULES = (attention, checkpoint, data, evaluate, model, sampling, tokenizer, train)
+PROJECT_MODULES = (attention, bench, bpe, checkpoint, cli, commands, data, distributed, evaluate, model, pictures,
+                   readers, sampling, stories, tensor_files, tokenizer, train)
 
 
 def swap_in_exercise(path):

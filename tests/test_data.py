@@ -452,7 +452,7 @@ def test_load_caption_folder(tmp_path):
     write_folder(tmp_path, GOOD_LINES)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        items = pictures.load_caption_folder(tmp_path)
+        items = pictures.load_caption_folder(tmp_path, data.IMAGE_SIZE)
     assert len(caught) == 1   # every skipped line counted in one warning
     message = str(caught[0].message)
     assert message.startswith("skipped 4 of 8 images: 3 could not be read (first: cannot read image ")
@@ -477,7 +477,7 @@ def test_load_caption_folder_skips_a_decompression_bomb(tmp_path, monkeypatch):
         json.dumps({"image": "bomb.png", "caption": "too big"}) + "\n"
         + json.dumps({"image": "small.png", "caption": "blue"}) + "\n")
     with pytest.warns(UserWarning, match=r"skipped 1 of 2 images: 1 could not be read .*bomb\.png"):
-        items = pictures.load_caption_folder(tmp_path)
+        items = pictures.load_caption_folder(tmp_path, data.IMAGE_SIZE)
     assert [text for _, text in items] == ["blue"] and (items[0][0] == (0, 0, 255)).all()
 
 
@@ -486,7 +486,7 @@ def test_load_caption_folder_all_captions_empty(tmp_path):
                             json.dumps({"image": "grey.png", "caption": " \t"})])
     with pytest.raises(ValueError, match=r"^every caption in .*captions\.jsonl is empty: "
                                          r"give each picture a caption$"):
-        pictures.load_caption_folder(tmp_path)
+        pictures.load_caption_folder(tmp_path, data.IMAGE_SIZE)
 
 
 @pytest.mark.parametrize("bad_line, complaint", [
@@ -498,11 +498,11 @@ def test_load_caption_folder_all_captions_empty(tmp_path):
 def test_load_caption_folder_malformed_line(tmp_path, bad_line, complaint):
     write_folder(tmp_path, GOOD_LINES + [bad_line])
     with pytest.raises(ValueError, match=f"captions.jsonl line {len(GOOD_LINES) + 1}: .*{re.escape(complaint)}"):
-        pictures.load_caption_folder(tmp_path)
+        pictures.load_caption_folder(tmp_path, data.IMAGE_SIZE)
 
 
 def test_load_caption_folder_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="captions.jsonl"):
-        pictures.load_caption_folder(tmp_path / "nowhere")
+        pictures.load_caption_folder(tmp_path / "nowhere", data.IMAGE_SIZE)
     with pytest.raises(FileNotFoundError, match="captions.jsonl"):
-        pictures.load_caption_folder(tmp_path)
+        pictures.load_caption_folder(tmp_path, data.IMAGE_SIZE)

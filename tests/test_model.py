@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model import IGNORE, MLP, QKNormAttention, ShowoConfig, apply_rotary, mtp_loss, ntp_loss, rotary_cos_sin
 
@@ -85,6 +86,35 @@ def test_mtp_loss_has_no_shift_and_counts_masked_places_only():
     logits = torch.tensor([[[9.0, -9.0], [0.0, math.log(3)], [-9.0, 9.0]]])
     labels = torch.tensor([[IGNORE, 1, IGNORE]])
     assert mtp_loss(logits, labels).item() == pytest.approx(math.log(4 / 3), rel=1e-6)
+
+
+@pytest.mark.lesson5
+@pytest.mark.parametrize("loss, shift", [(ntp_loss, 1), (mtp_loss, 0)], ids=["ntp", "mtp"])
+def test_losses_on_targets_only_equal_plain_cross_entropy(loss, shift):
+    """Training hands the losses the logits of the target positions only, (K, V): the same
+    number as the full (B, L, V) logits, and as a plain cross-entropy written out here."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 7, 11)
+    labels = torch.randint(11, (3, 7))
+    labels[torch.rand(3, 7) < 0.4] = IGNORE
+    labels[1] = IGNORE                                         # a row with nothing to learn
+    predicted, wanted = logits[:, :logits.shape[1] - shift], labels[:, shift:]
+    plain = F.cross_entropy(predicted.reshape(-1, 11), wanted.reshape(-1), ignore_index=IGNORE)
+    targets = torch.full_like(labels, IGNORE)
+    targets[:, :labels.shape[1] - shift] = wanted
+    kept = logits[targets != IGNORE]                            # (K, V), row-major
+    assert loss(logits, labels).item() == pytest.approx(plain.item(), rel=1e-6), "full logits"
+    assert loss(kept, labels).item() == pytest.approx(plain.item(), rel=1e-6), "(K, V) logits at the targets"
+
+
+@pytest.mark.lesson5
+@pytest.mark.parametrize("loss", [ntp_loss, mtp_loss], ids=["ntp", "mtp"])
+def test_a_batch_with_no_target_is_a_loss_of_zero_not_nan(loss):
+    logits = torch.randn(2, 4, 5, requires_grad=True)
+    value = loss(logits, torch.full((2, 4), IGNORE))
+    assert value.item() == 0.0, f"no target gave {value.item()}"
+    value.backward()                                           # and training can still step
+    assert logits.grad is not None and not logits.grad.any()
 
 
 @pytest.mark.lesson4

@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+import commands
 import sampling
 
 from attention import (lm_attention_mask, mmu_attention_mask, mmu_sequences, omni_attention_mask, picture_blocks,
@@ -265,7 +266,7 @@ def test_stored_defaults_are_used_when_no_flag_is_given(tmp_path, monkeypatch):
     def spy(model, captions, objective, settings, *args, **kwargs):
         used.setdefault("calls", []).append((settings["steps"], settings["guidance"]))
         return torch.zeros(len(captions), model.cfg.num_vq_tokens, dtype=torch.long)
-    monkeypatch.setattr(sampling, "generate_pictures", spy)
+    monkeypatch.setattr(commands, "generate_pictures", spy)
     picture, mask = tmp_path / "in.png", tmp_path / "mask.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(picture)
     Image.fromarray(np.full((64, 64, 3), 255, np.uint8)).save(mask)          # repaint everything

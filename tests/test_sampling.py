@@ -10,6 +10,7 @@ from PIL import Image
 
 import torch.nn.functional as F
 
+import commands
 import sampling
 from attention import t2i_attention_mask, t2i_sequences
 from checkpoint import load_checkpoint
@@ -290,7 +291,7 @@ def test_bad_options_stop_before_any_work(micro, tmp_path, monkeypatch):
     """Each of these is refused with one line before the checkpoint is even read."""
     def never(*args, **kwargs):
         raise AssertionError("the checkpoint was loaded before the options were checked")
-    monkeypatch.setattr(sampling, "load_checkpoint", never)
+    monkeypatch.setattr(commands, "load_checkpoint", never)
     path = micro[3]
     cases = {
         "--steps 0: the MaskGIT steps must be a number in [1, 1000]": ["--prompt", "a", "--steps", "0"],

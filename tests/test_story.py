@@ -120,7 +120,7 @@ def story_batches(n_stories=4):
 def test_a_story_row_ends_with_the_frame_it_trains_and_labels_both_objectives():
     batches, rng, gen = story_batches(), random.Random(0), torch.Generator().manual_seed(0)
     parts = [batches.story(rng, gen) for _ in range(12)]
-    rows = [row for part in parts for row in zip(part.ids.tolist(), part.labels, stories.story_targets(part),
+    rows = [row for part in parts for row in zip(part.ids.tolist(), part.labels, stories.story_targets(part.labels, part.mtp_positions),
                                                  part.mtp_positions)]
     for ids, labels, target, mtp in rows:
         end = max(i for i, t in enumerate(ids) if t != CFG.pad_id)           # the row's last real token

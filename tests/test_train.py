@@ -112,6 +112,19 @@ def test_mixed_loss_equals_the_per_task_losses(micro):
 
 
 @pytest.mark.lesson5
+def test_the_training_loss_is_made_of_the_models_ntp_and_mtp_losses(micro, monkeypatch):
+    """Eq. 3 calls Eq. 1 and Eq. 2 themselves (so exercise 5's functions are what trains)."""
+    cfg, tc, batches = micro_batches(micro)
+    calls = []
+    for name in ("ntp_loss", "mtp_loss"):
+        real = getattr(train, name)
+        monkeypatch.setattr(train, name, lambda logits, labels, real=real, name=name: calls.append(name) or
+                            real(logits, labels))
+    mixed_loss(MixedForward(Showo(cfg)), batches.batch(0), tc, "cpu")
+    assert sorted(calls) == ["mtp_loss", "ntp_loss", "ntp_loss"], f"the loss called {calls}"
+
+
+@pytest.mark.lesson5
 def test_a_recipe_without_plain_text_has_no_text_loss(micro):
     cfg, tc, batches = micro_batches(micro, batch_lm=0)
     parts = batches.batch(0)
@@ -327,7 +340,7 @@ def test_scores_count_right_and_wrong_pictures_and_answers(micro, monkeypatch):
 
     shown = {}                                               # picture row -> its example
 
-    def answer(model, codes, questions_ids, **kwargs):
+    def answer(model, codes, questions_ids, *args, **kwargs):
         answers = []
         for i, (row, question) in enumerate(zip(codes[:, 0].tolist(), questions_ids)):
             truth = dict(shown[row].qa)[text_tokenizer.decode(question)]
