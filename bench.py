@@ -10,7 +10,8 @@ one run:
 * t2i: one image generation (256 image tokens, 129 text slots, 18 steps, guidance on),
   FullRecomputeT2I vs CachedPromptT2I; tokens/s = image tokens produced per second;
 * mmu: 100 new answer tokens for a ragged batch of questions (EOS stop switched off, so
-  exactly 100 are generated), Showo.generate_text vs the KV cache; tokens/s = answer
+  exactly 100 are generated), the whole sequence recomputed per token
+  (`next_token_function(naive=True)`) vs the KV cache (CachedNextToken); tokens/s = answer
   tokens per second;
 * train: one forward+backward MTP step on a t2i batch (no optimiser), the fused SDPA
   kernel vs the written-out attention (`model.use_explicit_attention`); tokens/s =
@@ -259,7 +260,7 @@ RELEASED_CONFIGS = {
 
 
 def write_released_layout(directory, seed=0, clip=False):
-    """Random weights of the released sizes, written as the three downloads are laid out.
+    """Random weights of the released sizes, written as the released downloads are laid out.
 
     directory/showo: config.json + pytorch_model.bin (our model's weights renamed through
     SHOWO_KEY_TABLE read right to left); directory/magvit: config.json +

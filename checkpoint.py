@@ -1,7 +1,8 @@
 """File formats: the released downloads, and this project's one-file checkpoint (nanoGPT's
 `from_pretrained`, for Show-o).
 
-Show-o's weights come as three downloads (docs/checkpoints.md has the full layout):
+Show-o's weights come as three downloads, four for the CLIP-ViT variant (docs/checkpoints.md
+has the full layout):
 
 * `showlab/show-o` (or `show-o-512x512`): config.json (the vocabulary) and the
   transformer's weights in `pytorch_model.bin` (a torch pickle) or `*.safetensors`,

@@ -292,7 +292,8 @@ def check_train_arguments(args, path):
     if args.resume and (args.init or args.tokenizers_from):
         raise UsageError("--resume continues a run as it was: drop --init / --tokenizers-from")
     if args.resume and (args.set or args.seed is not None or args.steps is not None or args.image_objective):
-        raise UsageError("--resume keeps the checkpoint's recipe (same schedule, same data): drop --set/--seed/--steps")
+        raise UsageError("--resume keeps the checkpoint's recipe (same schedule, same data): "
+                         "drop --set/--seed/--steps/--image-objective")
     if args.resume and not path.exists():
         raise UsageError(f"nothing to resume: {path} does not exist (start without --resume)")
     if args.init and args.tokenizers_from:

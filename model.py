@@ -17,7 +17,8 @@ The only thing that tells the two apart inside the network is the attention mask
    with an optional key/value cache for fast inference (`forward_with_cache`) and `logits`
    for a chosen part of the vocabulary;
 3. the two losses, `ntp_loss` and `mtp_loss` (§3.2 "Training Objectives", Eq. 1 and 2),
-   which train.py's combined loss (Eq. 3) calls;
+   which train.py's combined loss (Eq. 3) calls, and `random_masks` (which image tokens
+   MTP hides);
 4. `parameter_table`: where the released model's parameters are (`python model.py`).
 
 Loading the released weights into this network is checkpoint.py's job.

@@ -355,8 +355,9 @@ def left_pad(rows, pad_id):
 class CachedNextToken:
     """Next-token logits for growing sequences, each token run through the network once.
 
-    A drop-in for Showo.next_token_logits: called with the (B, L) ids so far, it returns
-    the (B, V) logits of token L. mask_rule(ids) gives the (B, L, L) attention mask: the
+    A drop-in for the naive `lambda ids: model(ids, mask_rule(ids))[:, -1]`
+    (`next_token_function`): called with the (B, L) ids so far, it returns the (B, V)
+    logits of token L. mask_rule(ids) gives the (B, L, L) attention mask: the
     understanding mask for answers, the causal one for pictures drawn token by token
     (generate_image_codes_ar). Under both, no row looks at a later token (the bidirectional
     image prefix of an answer only looks at itself), so the keys/values of tokens already
@@ -368,7 +369,7 @@ class CachedNextToken:
     token. Each new token keeps the position id and mask row it has in the full sequence.
 
     embed_prompt: optional (B, L) ids -> (B, L, D) embeddings, for a prompt that is not all
-    tokens (the CLIP variant's picture features, `Showo.embed_with_features`). Only the first call
+    tokens (picture features: readers.embed_with_features). Only the first call
     runs the prompt, so only it uses embed_prompt; later calls add answer tokens, plain ids.
     """
 

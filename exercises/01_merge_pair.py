@@ -5,7 +5,7 @@ Copy this file (`cp exercises/01_merge_pair.py mine.py`), replace the TODO, then
     SHOWO_EXERCISE=mine.py python -m pytest -q -m lesson1      # seconds
     SHOWO_EXERCISE=mine.py python -m pytest -q                 # the whole suite, the final check
 
-The project's own solution is `tokenizer.merge_pair`; read it after you have tried.
+The project's own solution is `bpe.merge_pair`; read it after you have tried.
 """
 
 

@@ -17,9 +17,10 @@ class CachedNextToken:
 
     Contract:
     - __init__(model, mask_rule, embed_prompt=None): model is a model.Showo; mask_rule(ids)
-      gives the full (B, L, L) bool mask of ids (e.g. model.understanding_mask, or a causal
-      mask). embed_prompt, when given, maps (B, L) ids to (B, L, D) input embeddings (the
-      CLIP variant puts picture features into its prompt): only the FIRST call (length 0)
+      gives the full (B, L, L) bool mask of ids (e.g. sampling.understanding_mask_of(cfg),
+      or a causal mask). embed_prompt, when given, maps (B, L) ids to (B, L, D) input
+      embeddings (the CLIP variant puts picture features into its prompt): only the FIRST
+      call (length 0)
       uses it, passing embed_prompt(ids) to forward_with_cache instead of the ids; later
       calls pass the plain new ids. Set the attributes `past = None` (then one (k, v) per
       layer, each (B, H, length, hd)) and `length = 0` (how many tokens the cache holds);
@@ -30,7 +31,8 @@ class CachedNextToken:
     - Run only the tokens not yet cached: ids[:, length:], with
         their rows of the full mask over ALL columns so far: mask_rule(ids)[:, length:]
             (B, new, L);
-        their positions: length ... L-1 (the same in every row; rows are left-padded);
+        their positions: a (B, new) long tensor, length ... L-1 in every row (the same
+            in every row: rows are left-padded), on the device of ids;
         model.forward_with_cache(new_ids, allowed, positions, past) -> (hidden
             (B, new, D), the updated past);
       then store the updated past, set length = L, and return

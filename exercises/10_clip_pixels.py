@@ -5,7 +5,7 @@ Copy this file (`cp exercises/10_clip_pixels.py mine.py`), replace the TODO, the
     SHOWO_EXERCISE=mine.py python -m pytest -q -m lesson10     # seconds
     SHOWO_EXERCISE=mine.py python -m pytest -q                 # the final check
 
-The project's own solution is `sampling.clip_pixels`; read it after you have tried.
+The project's own solution is `readers.clip_pixels`; read it after you have tried.
 """
 
 # What a solution needs (unused until you write it):

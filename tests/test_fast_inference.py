@@ -1,7 +1,7 @@
 """Fast inference: the cached paths give the naive paths' numbers.
 
 CachedPromptT2I must return FullRecomputeT2I's guided logits, and CachedNextToken the
-logits of Showo.next_token_logits, within 1e-4 in float32, so that the same seed gives
+logits of the whole sequence recomputed (next_token_function(naive=True)), within 1e-4 in float32, so that the same seed gives
 the same tokens both ways. Read first: sampling.py, then model.py (forward_with_cache).
 """
 
