@@ -27,6 +27,12 @@ same rule. `python attention.py` prints small example masks (`--png DIR` draws t
 Read first: tokenizer.py. Read next: model.py (the transformer that uses these masks).
 """
 
+import signal
+import sys
+
+if __name__ == "__main__":    # Ctrl-C while the imports below load (seconds): one line, not a traceback
+    signal.signal(signal.SIGINT, lambda *_: sys.exit("\ninterrupted while starting: nothing was done"))
+
 import math
 
 import torch

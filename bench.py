@@ -50,11 +50,16 @@ scores of a Show-o (MaskGIT) checkpoint against the same recipe trained autoregr
 Read first: checkpoint.py. Read next: COURSE.md (the lessons) and docs/paper_map.md.
 """
 
+import signal
+import sys
+
+if __name__ == "__main__":    # Ctrl-C while the imports below load (seconds): one line, not a traceback
+    signal.signal(signal.SIGINT, lambda *_: sys.exit("\ninterrupted while starting: nothing was done"))
+
 import json
 import multiprocessing
 import random
 import resource
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace

@@ -27,6 +27,13 @@ Read first: model.py and tokenizer.py (the networks these weights fill).
 Read next: tensor_files.py, or bench.py (its `loading` section measures all of this at full size).
 """
 
+import signal
+import sys
+
+if __name__ == "__main__":    # Ctrl-C while the imports below load (seconds): one line, not a traceback
+    signal.signal(signal.SIGINT, lambda *_: sys.exit("\ninterrupted while starting: nothing was done"))
+
+import math
 import os
 import re
 from dataclasses import asdict
@@ -36,7 +43,7 @@ import torch
 
 from bpe import TextTokenizer
 from model import Showo, ShowoConfig
-from readers import ClipConfig, ClipVisionTower
+from readers import MMU_FEATURES, ClipConfig, ClipVisionTower
 from tensor_files import (CheckpointError, StoredTensor, all_finite, crc32, damaged, first_line, read_config,
                           read_torch_file, read_weights)
 from tokenizer import ImageTokenizer, ImageTokenizerConfig
@@ -65,7 +72,7 @@ SHOWO_KEY_TABLE = [
     ("mm_projector.{i}.{p}",                               "mm_projector.{i}.{p}"),   # CLIP-ViT variant only
 ]
 
-# The same for a CLIP download (transformers' CLIPModel names) -> model.ClipVisionTower.
+# The same for a CLIP download (transformers' CLIPModel names) -> readers.ClipVisionTower.
 CLIP_KEY_TABLE = [
     ("vision_model.embeddings.class_embedding",              "class_embedding"),
     ("vision_model.embeddings.patch_embedding.weight",       "patch_embedding.weight"),
@@ -163,6 +170,12 @@ def fill(module, state, source, dtype=None, device="cpu", keep_float32=(), check
                                      f"wrong shape {misshapen}" if misshapen else ""] if p)
     if problems:
         raise CheckpointError(f"{source} does not fit the model: {problems}")
+    # A weight stored as integers is a header that lies about its bytes (float32 read as
+    # int32 gives values near -1e9), never a real weight.
+    mistyped = [k for k in own if own[k].is_floating_point() and not state[k].dtype.is_floating_point]
+    if mistyped:
+        raise CheckpointError(f"{source}: tensor {mistyped[0]} is stored as {state[mistyped[0]].dtype}, but it is a "
+                              f"floating-point weight: the file's header is wrong; download or write it again")
     checksums = checksums or {}
     loaded = {}
     for name, stored in state.items():
@@ -393,6 +406,57 @@ RELEASED_SAMPLING = {
 # settings, with MaskGIT's re-masking temperature and no top-k.
 DEFAULT_SETTINGS = {**RELEASED_SAMPLING[256]["t2i"], "temperature": 1.0, "top_k": None}
 
+# The range of each sampling setting, (lowest, highest, meaning): the same for a value
+# given on the command line (cli.py) and for one stored in a checkpoint (check_stored_extra).
+SETTING_LIMITS = {
+    "steps": (1, 1000, "MaskGIT steps"),
+    "guidance": (0.0, 100.0, "guidance scale w (0: no guidance; negative w pushes towards the wrong picture)"),
+    "temperature": (0.0, 100.0, "temperature (0: no noise / greedy)"),
+    "top_k": (1, 2 ** 20, "top-k"),
+}
+
+
+def check_stored_extra(extra, path):
+    """Refuse, in one line, stored settings no command would accept: a checkpoint's defaults
+    are held to the command line's table, and its flags to the values the code knows."""
+    def refuse(what):
+        return CheckpointError(f"{path}: its stored {what}: the file was edited or damaged; "
+                               f"train or convert it again")
+    for task, settings in extra.get("sampling", {}).items():
+        if task not in TASKS or not isinstance(settings, dict):
+            raise refuse(f"sampling settings for {task!r} (tasks: {', '.join(TASKS)})")
+        for name, value in settings.items():
+            if name not in SETTING_LIMITS:
+                raise refuse(f"sampling setting {name!r} ({', '.join(SETTING_LIMITS)})")
+            low, high, meaning = SETTING_LIMITS[name]
+            integral = isinstance(low, int)
+            if value is None and name == "top_k":
+                continue
+            if (isinstance(value, bool) or not isinstance(value, (int, float)) or (integral and value != int(value))
+                    or not (math.isfinite(value) and low <= value <= high)):
+                raise refuse(f"{task} {name} = {value!r}; the {meaning} must be a "
+                             f"{'whole ' if integral else ''}number in [{low:g}, {high:g}]")
+    template = extra.get("question_template", "{question}")
+    try:
+        ok = isinstance(template, str) and "{question}" in template and template.format(question="q") != ""
+    except (IndexError, KeyError, ValueError):
+        ok = False
+    if not ok:
+        raise refuse(f"question_template {template!r}, which must hold {{question}} and nothing else in braces")
+    choices = {"image_objective": ("mtp", "ar"), "mmu_features": MMU_FEATURES, "stories": (True, False)}
+    for name, allowed in choices.items():
+        if name in extra and (isinstance(extra[name], (list, dict)) or extra[name] not in allowed):
+            raise refuse(f"{name} = {extra[name]!r} (one of {', '.join(map(str, allowed))})")
+    tasks = extra.get("tasks", [])
+    if not isinstance(tasks, list) or not set(tasks) <= {"draw", "answer", "tell"}:
+        raise refuse(f"tasks = {tasks!r} (a list of draw, answer, tell)")
+    if ("tell" in tasks) != extra.get("stories", False) and "tasks" in extra:
+        raise refuse(f"tasks = {tasks!r}, which its stories flag ({extra.get('stories', False)!r}) contradicts")
+    stored = extra.get("train_config")
+    if stored is not None and extra.get("stories", False) != (stored.get("batch_story", 0) > 0):
+        raise refuse(f"stories = {extra.get('stories')!r}, which its recipe (batch_story = "
+                     f"{stored.get('batch_story', 0)}) contradicts")
+
 
 def recommended_settings(extra, task):
     """{"steps", "guidance", "temperature", "top_k"} a checkpoint recommends for a picture task.
@@ -406,7 +470,7 @@ def recommended_settings(extra, task):
 def save_checkpoint(path, model, vq, text_tokenizer, extra=None, dtype=None, clip=None):
     """One file: both configs, both networks' weights, the text tokenizer, and `extra`.
 
-    clip: the CLIP-ViT variant's vision tower (model.ClipVisionTower), stored beside them
+    clip: the CLIP-ViT variant's vision tower (readers.ClipVisionTower), stored beside them
     as "clip" and "clip_config" (read back by `load_vision_tower`).
 
     Everything is stored as plain containers and tensors, so it loads with
@@ -464,6 +528,7 @@ def load_checkpoint(path, device="cpu", dtype=None):
     blob = read_checkpoint_file(path)
     cfg, vq_cfg = ShowoConfig.from_dict(blob["showo_config"]), ImageTokenizerConfig.from_dict(blob["vq_config"])
     check_grid(cfg, vq_cfg, path)
+    check_stored_extra(blob["extra"], path)
     checksums = blob.get("checksums", {})                # files written before checksums have none
     model = fill(build_empty(Showo, cfg), blob["showo"], path, dtype or torch.float32, device,
                  checksums=checksums.get("showo"))

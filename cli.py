@@ -17,6 +17,7 @@ Read first: README.md (every command, with examples).
 
 import argparse
 import math
+import signal
 import os
 import sys
 import tempfile
@@ -29,13 +30,14 @@ import torch
 import bench
 import data
 import evaluate
-from checkpoint import DEFAULT_SETTINGS, DTYPES, convert, read_checkpoint_file
+from checkpoint import DEFAULT_SETTINGS, DTYPES, SETTING_LIMITS, convert, read_checkpoint_file
 from commands import sample, train_run
 from distributed import Process
 from model import ShowoConfig, parameter_report
 from pictures import MASK_NAMES, mask_examples, mask_picture, save_picture, show_mask
+from readers import MMU_FEATURES
 from tensor_files import CheckpointError, first_line
-from train import MMU_FEATURES, PRESETS, Diverged
+from train import PRESETS, Diverged
 
 
 # ----------------------------------------------------------------------------------------
@@ -52,7 +54,8 @@ def exit_with_one_line(job, *args, interrupted=lambda: "interrupted: nothing was
     science code raises with one-line messages) and Ctrl-C end it with one line on stderr and
     a non-zero exit, never a traceback. interrupted() says what Ctrl-C left behind. The one
     way every command of the project ends early."""
-    try:
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # Ctrl-C is KeyboardInterrupt again (the scripts'
+    try:                                                         # guard covered only their imports)
         return job(*args)
     except (ValueError, OSError) as error:
         sys.exit(f"error: {first_line(error)}")
@@ -287,8 +290,12 @@ def recipe(args):
     return preset, tc
 
 
-def check_train_arguments(args, path):
+def check_train_arguments(args, tc, path):
     """Fail early, in one line, on options that cannot work together or files that cannot be used."""
+    if args.data_dir and tc.batch_story:
+        raise UsageError(f"--data-dir gives captioned pictures, and story rows (batch_story = {tc.batch_story}) "
+                         f"need the shapes world's stories: drop --data-dir, or set batch_story=0 and "
+                         f"train_stories=0")
     if args.resume and (args.init or args.tokenizers_from):
         raise UsageError("--resume continues a run as it was: drop --init / --tokenizers-from")
     if args.resume and (args.set or args.seed is not None or args.steps is not None or args.image_objective):
@@ -322,7 +329,7 @@ def train_command(argv=None):
         preset, tc = recipe(args)
         path = args.out_dir / f"{preset}.pt"
         progress.update(path=path, preset=preset)
-        check_train_arguments(args, path)
+        check_train_arguments(args, tc, path)
         process = Process(pick_device(args.device))
         try:
             with one_writer(args.out_dir) if process.main else nullcontext():
@@ -343,10 +350,7 @@ def train_command(argv=None):
 # (check_sampling_arguments), and again against the model once it is (commands.check_against_model).
 
 LIMITS = {
-    "steps": (1, 1000, "MaskGIT steps"),
-    "guidance": (0.0, 100.0, "guidance scale w (0: no guidance; negative w pushes towards the wrong picture)"),
-    "temperature": (0.0, 100.0, "temperature (0: no noise / greedy)"),
-    "top_k": (1, 2 ** 20, "top-k"),
+    **SETTING_LIMITS,
     "max_new_tokens": (1, 4096, "answer tokens"),
     "seed": (0, 2 ** 63 - 1, "seed (a 63-bit number)"),
     "frames": (1, 8, "number of story frames (trained on 2 to 4)"),

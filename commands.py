@@ -77,7 +77,7 @@ class TrainingState:
         settings = sampling_settings(self.tc)
         return {"sampling": {task: settings for task in TASKS}, "question_template": "{question}",
                 "image_objective": self.tc.image_objective, "stories": self.tc.batch_story > 0,
-                "mmu_features": self.tc.mmu_features, "tasks": trained_tasks(self.tc),
+                "mmu_features": self.tc.mmu_features, "tasks": trained_tasks(config_to_dict(self.tc)),
                 "preset": self.preset, "train_config": config_to_dict(self.tc),
                 "train_state": {"step": self.step, "optimizer": self.optimizer, "data_dir": self.data_dir,
                                 "readers": self.readers or {}},
@@ -97,11 +97,22 @@ class TrainingState:
                    ComputeMeter(compute.get("stages")), state.get("data_dir"), materialize(state.get("readers", {})))
 
 
-def trained_tasks(tc):
-    """What a run's model was trained to do: "draw" (t2i rows), "answer" (understanding rows),
-    "tell" (story rows). sampling.py refuses a task a checkpoint was never trained for."""
-    return [task for task, rows in (("draw", tc.batch_t2i), ("answer", tc.batch_mmu), ("tell", tc.batch_story))
-            if rows]
+def trained_tasks(recipe):
+    """What a run's model was trained to do, from its recipe (a TrainConfig as a dict): "draw"
+    (t2i rows), "answer" (understanding rows), "tell" (story rows). sampling.py refuses a
+    task a checkpoint was never trained for."""
+    return [task for task, rows in (("draw", "batch_t2i"), ("answer", "batch_mmu"), ("tell", "batch_story"))
+            if recipe.get(rows)]
+
+
+def tasks_of(extra):
+    """The tasks a checkpoint can do: as stored; else as its recipe says (a train.py run); else,
+    for converted released weights, drawing and answering."""
+    if "tasks" in extra:
+        return extra["tasks"]
+    if "train_config" in extra:
+        return trained_tasks(extra["train_config"])
+    return ["draw", "answer"] + (["tell"] if extra.get("stories") else [])
 
 
 def training_set(data_dir, scenes, seed):
@@ -366,7 +377,7 @@ def tell(session, opening, frames, image_path=None):
 def check_against_model(session):
     """The values that depend on the loaded model: refuse what the model cannot do."""
     args, cfg, extra = session.args, session.model.cfg, session.extra
-    tasks = extra.get("tasks", ["draw", "answer"] + (["tell"] if extra.get("stories") else []))
+    tasks = tasks_of(extra)
     if args.story is not None:
         task, flag = "tell", "--story"
     else:

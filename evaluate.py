@@ -23,6 +23,12 @@ train.py trains; this file measures, so that the recipe there reads top to botto
 Read first: train.py. Read next: sampling.py (the decoding loops the scores run).
 """
 
+import signal
+import sys
+
+if __name__ == "__main__":    # Ctrl-C while the imports below load (seconds): one line, not a traceback
+    signal.signal(signal.SIGINT, lambda *_: sys.exit("\ninterrupted while starting: nothing was done"))
+
 import math
 import random
 import time

@@ -26,6 +26,12 @@ Loading the released weights into this network is checkpoint.py's job.
 Read first: attention.py. Read next: train.py (the recipe that trains it).
 """
 
+import signal
+import sys
+
+if __name__ == "__main__":    # Ctrl-C while the imports below load (seconds): one line, not a traceback
+    signal.signal(signal.SIGINT, lambda *_: sys.exit("\ninterrupted while starting: nothing was done"))
+
 import math
 from dataclasses import dataclass, fields
 

@@ -51,6 +51,11 @@ from tensor_files import materialize
 # modeling_showo.py's `mm_projector` (above, in Showo) maps them to the transformer's width;
 # below, `mmu_vit_sequences` lays them out in the sequence and `clip_pixels` preprocesses the picture.
 
+# What understanding rows may read (train.py `mmu_features`): the image tokenizer's discrete
+# codes (Show-o), its continuous features before quantization, or a contrastive encoder's.
+MMU_FEATURES = ("codes", "lfq_continuous", "contrastive")
+
+
 @dataclass
 class ClipConfig:
     """Sizes of the CLIP vision tower, and CLIP's picture preprocessing.
@@ -280,7 +285,7 @@ class ContrastiveEncoder(nn.Module):
 
 
 def train_contrastive_encoder(tc, training_data, text_tokenizer, process, meter, batch=128):
-    """A CLIP of the shapes world (model.ContrastiveEncoder), trained on the training pictures
+    """A CLIP of the shapes world (ContrastiveEncoder), trained on the training pictures
     and their captions by image-text matching alone (mmu_features=contrastive). Its FLOPs
     are part of the run's: the "contrastive encoder" stage."""
     images, captions, _, _ = training_data

@@ -30,6 +30,12 @@ center"`, every option in README.md) is cli.py and commands.py; stories are stor
 Read first: train.py. Read next: data.py (the world the tiny models draw and describe).
 """
 
+import signal
+import sys
+
+if __name__ == "__main__":    # Ctrl-C while the imports below load (seconds): one line, not a traceback
+    signal.signal(signal.SIGINT, lambda *_: sys.exit("\ninterrupted while starting: nothing was done"))
+
 import math
 
 import torch

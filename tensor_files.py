@@ -134,7 +134,7 @@ def read_safetensors(path):
     if not isinstance(header, dict):
         raise damaged(path, "its header is not a JSON object")
     data_size = size - 8 - header_len
-    tensors = {}
+    tensors, spans = {}, []
     for name, info in header.items():
         if name == "__metadata__":
             continue
@@ -148,11 +148,22 @@ def read_safetensors(path):
                 and end - begin == nbytes):
             raise damaged(path, f"tensor {name} needs {nbytes} bytes, its offsets say [{begin}, {end}) "
                                 f"of the {data_size} the file holds")
+        spans.append((begin, end, name))
 
         def read(begin=begin, end=end, dtype=dtype, shape=shape):
             raw = _read_bytes(path, 8 + header_len + begin, end - begin)
             return torch.frombuffer(raw, dtype=dtype).reshape(shape) if raw else torch.empty(shape, dtype=dtype)
         tensors[name] = StoredTensor(path, shape, dtype, read)
+    # As the format's own library requires: the tensors tile the data, in offset order, with
+    # no gap and no overlap (two tensors sharing bytes would silently hold one's values).
+    covered = 0
+    for begin, end, name in sorted(spans):
+        if begin != covered:
+            raise damaged(path, f"tensor {name} starts at byte {begin}, the tensor before it ends at "
+                                f"{covered}: offsets overlap or leave a gap")
+        covered = end
+    if covered != data_size:
+        raise damaged(path, f"its tensors cover {covered} of the {data_size} data bytes")
     return tensors
 
 

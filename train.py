@@ -26,6 +26,12 @@ How the recipe's values were chosen, with the measurements: docs/experiments.md.
 Read first: model.py. Read next: sampling.py.
 """
 
+import signal
+import sys
+
+if __name__ == "__main__":    # Ctrl-C while the imports below load (seconds): one line, not a traceback
+    signal.signal(signal.SIGINT, lambda *_: sys.exit("\ninterrupted while starting: nothing was done"))
+
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -113,7 +119,6 @@ class TrainConfig:
     eval_every: int = 0              # scores every this many steps for the learning curve (0: at the end)
 
 
-MMU_FEATURES = ("codes", "lfq_continuous", "contrastive")
 
 PRESETS = {
     # ~10 minutes on a 2-core CPU

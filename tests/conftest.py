@@ -12,7 +12,9 @@ run says which ones were swapped in.
 
 import importlib.util
 import os
+import signal
 import sys
+import traceback
 
 import pytest
 import torch
@@ -50,14 +52,55 @@ PROJECT_MODULES = (attention, bench, bpe, checkpoint, cli, commands, data, distr
                    readers, sampling, stories, tensor_files, tokenizer, train)
 
 
-def swap_in_exercise(path):
-    """Replace the project's functions by the student's; returns the names replaced."""
+# Seconds for loading your file and for each test, so an endless loop stops with a message.
+EXERCISE_TIME_LIMIT = int(os.environ.get("SHOWO_EXERCISE_SECONDS", 120))
+
+
+class TooSlow(Exception):
+    """Your code ran past EXERCISE_TIME_LIMIT."""
+
+
+def stop_after_the_time_limit(what):
+    """Arm an alarm: past the limit, TooSlow interrupts whatever is running (Unix only)."""
+    def stop(*_):
+        raise TooSlow(f"{what} ran past {EXERCISE_TIME_LIMIT} s: an endless loop? (SHOWO_EXERCISE={EXERCISE})")
+    if hasattr(signal, "SIGALRM"):
+        signal.signal(signal.SIGALRM, stop)
+        signal.alarm(EXERCISE_TIME_LIMIT)
+
+
+def where_in(path, error):
+    """'line N' of the student's file where `error` happened (its last frame there), or ''."""
+    if isinstance(error, SyntaxError) and error.lineno:
+        return f"line {error.lineno}: "
+    lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
+             if os.path.abspath(frame.filename) == os.path.abspath(path)]
+    return f"line {lines[-1]}: " if lines else ""
+
+
+def load_student_file(path):
+    """The student's file as a module; any mistake in it is one line naming the file and line."""
+    if os.path.isdir(path):
+        raise pytest.UsageError(f"SHOWO_EXERCISE={path} is a folder: give your .py file")
     if not os.path.isfile(path):
         raise pytest.UsageError(f"SHOWO_EXERCISE={path}: no such file")
     spec = importlib.util.spec_from_file_location("student_exercise", path)
     student = importlib.util.module_from_spec(spec)
     sys.modules["student_exercise"] = student
-    spec.loader.exec_module(student)
+    stop_after_the_time_limit(f"loading {path}")
+    try:
+        spec.loader.exec_module(student)
+    except Exception as error:        # a syntax error, a missing import, an error at top level, too slow
+        raise pytest.UsageError(f"SHOWO_EXERCISE={path}: {where_in(path, error)}"
+                                f"{type(error).__name__}: {error}".splitlines()[0]) from None
+    finally:
+        signal.alarm(0)
+    return student
+
+
+def swap_in_exercise(path):
+    """Replace the project's functions by the student's; returns the names replaced."""
+    student = load_student_file(path)
     replaced = []
     for name, home in EXERCISES.items():
         # only what the file itself defines: a name it imports (`from model import
@@ -77,6 +120,17 @@ def swap_in_exercise(path):
 
 EXERCISE = os.environ.get("SHOWO_EXERCISE")
 SWAPPED = swap_in_exercise(EXERCISE) if EXERCISE else []
+
+
+@pytest.fixture(autouse=True)
+def exercise_time_limit():
+    """With an exercise swapped in, every test stops at the time limit (an endless loop in
+    the student's code fails its test with a message instead of hanging the check)."""
+    if SWAPPED:
+        stop_after_the_time_limit("this test, with your exercise in it,")
+    yield
+    if SWAPPED:
+        signal.alarm(0)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -122,6 +122,22 @@ def test_clip_preprocessing_resizes_the_shorter_side_and_cuts_the_centre(landsca
     assert red[0] > 0.02 and abs(float(red[0] - blue[-1])) < 0.01        # centred: red and blue bleed in alike
 
 
+@pytest.mark.lesson10
+def test_clip_preprocessing_rounds_the_longer_side_down(tmp_path):
+    """The longer side becomes floor(resize_to * long / short), as CLIP's processor computes
+    it: 20 * 61 / 24 = 50.83 -> 50 (rounding would give 51, and a crop one pixel off)."""
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 256, (24, 61, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(tmp_path / "wide.png")
+    resized = np.asarray(Image.fromarray(picture).resize((50, 20), Image.Resampling.BICUBIC))
+    left = (50 - 20) // 2
+    crop = torch.from_numpy(resized[:, left:left + 20].copy()).permute(2, 0, 1).float() / 255
+    mean, std = torch.tensor(SMALL.image_mean)[:, None, None], torch.tensor(SMALL.image_std)[:, None, None]
+    worst = (clip_pixels(tmp_path / "wide.png", SMALL)[0] - (crop - mean) / std).abs().max().item()
+    assert worst < 1e-5, (f"pixels differ from the bicubic resize to 50 x 20 then the centre crop by up to "
+                          f"{worst:.3f}: the longer side must be int(20 * 61 / 24) = 50, rounded down (not 51)")
+
+
 def test_features_and_projected_features(ref, showo, tower):
     with torch.no_grad():
         features = tower(ref["clip.pixel_values"])

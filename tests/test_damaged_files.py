@@ -89,6 +89,13 @@ def every_tensor(header, **changes):
     return {k: (v if k == "__metadata__" else {**v, **changes}) for k, v in header.items()}
 
 
+def share_first_two_tensors(header):
+    """Point the second tensor (in offset order) at the first one's bytes: every size and
+    offset still fits the file, only the overlap gives it away."""
+    names = [k for _, k in sorted((v["data_offsets"][0], k) for k, v in header.items() if k != "__metadata__")]
+    return {**header, names[1]: dict(header[names[0]])}
+
+
 def broken_pickle(path):
     """A zip that is fine, whose data.pkl is not: the pickle stops halfway."""
     with zipfile.ZipFile(path) as source:
@@ -133,6 +140,12 @@ CONVERT_CASES = [
     ("safetensors offsets past the end", lambda d: safetensors_header(
         d / "magvit/model.safetensors", lambda h: every_tensor(h, data_offsets=[2 ** 40, 2 ** 40 + 4])),
      "magvit/model.safetensors"),
+    ("safetensors dtype says I32 for F32 bytes", lambda d: safetensors_header(
+        d / "magvit/model.safetensors", lambda h: every_tensor(h, dtype="I32")), "magvit"),
+    ("safetensors two tensors share bytes", lambda d: safetensors_header(
+        d / "magvit/model.safetensors", share_first_two_tensors), "magvit/model.safetensors"),
+    ("safetensors bytes no tensor owns", lambda d: (d / "magvit/model.safetensors").write_bytes(
+        (d / "magvit/model.safetensors").read_bytes() + b"\x00" * 64), "magvit/model.safetensors"),
     ("vocab cut", lambda d: cut(d / "phi/vocab.json"), "phi/vocab.json"),
     ("vocab a list", lambda d: (d / "phi/vocab.json").write_text('["a", "b"]'), "phi/vocab.json"),
     ("merges not text", lambda d: (d / "phi/merges.txt").write_bytes(b"#version: 0.2\n\xff\xfe\x00 a\n"),

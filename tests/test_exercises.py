@@ -51,13 +51,14 @@ def t2i_attention_mask(input_ids, pad_id, soi_id, eoi_id):
 '''
 
 
-def run_exercise(tmp_path, source):
-    student = tmp_path / "mine.py"
-    student.write_text(source)
+def run_exercise(tmp_path, source, path=None, seconds=120):
+    student = path or tmp_path / "mine.py"
+    if source is not None:
+        student.write_text(source)
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            "tests/test_attention.py", "-k", "t2i"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "SHOWO_EXERCISE": str(student)})
+                          env={**os.environ, "SHOWO_EXERCISE": str(student), "SHOWO_EXERCISE_SECONDS": str(seconds)})
 
 
 def test_a_right_version_passes(tmp_path):
@@ -123,3 +124,34 @@ def test_an_unfinished_starting_file_fails_its_lesson_check_with_its_todo(tmp_pa
                             env={**os.environ, "SHOWO_EXERCISE": str(ROOT / "exercises" / "06_guide.py")})
     assert result.returncode != 0 and "TODO: write guide (lesson 6)" in result.stdout
     assert "exercise: testing guide from" in result.stdout
+
+
+STUDENT_MISTAKES = {   # what is wrong with the file -> (its text, what the one line must say)
+    "a syntax error": ("import torch\n\ndef t2i_attention_mask(input_ids, pad_id, soi_id, eoi_id)\n    return 1\n",
+                       "line 3: SyntaxError"),
+    "a missing module": ("import torchh\n", "line 1: ModuleNotFoundError: No module named 'torchh'"),
+    "an error at top level": ("x = [1, 2]\ny = x[5]\n", "line 2: IndexError"),
+    "an endless loop": ("while True:\n    pass\n", "ran past 2 s: an endless loop?"),
+}
+
+
+@pytest.mark.parametrize("mistake", STUDENT_MISTAKES)
+def test_a_mistake_in_the_students_file_is_one_line_naming_the_line(tmp_path, mistake):
+    source, expected = STUDENT_MISTAKES[mistake]
+    result = run_exercise(tmp_path, source, seconds=2)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and expected in output, output[-2000:]
+    assert "Traceback" not in output and "ImportError while loading conftest" not in output, output[-2000:]
+
+
+@pytest.mark.parametrize("where, expected", [("missing.py", "no such file"), (".", "is a folder")])
+def test_a_wrong_exercise_path_is_one_line(tmp_path, where, expected):
+    result = run_exercise(tmp_path, None, path=tmp_path / where)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and expected in output and "Traceback" not in output, output[-2000:]
+
+
+def test_an_endless_loop_inside_the_students_function_stops_its_test_with_a_message(tmp_path):
+    result = run_exercise(tmp_path, "def t2i_attention_mask(input_ids, pad_id, soi_id, eoi_id):\n"
+                                    "    while True:\n        pass\n", seconds=2)
+    assert result.returncode != 0 and "ran past 2 s: an endless loop?" in result.stdout, result.stdout[-2000:]

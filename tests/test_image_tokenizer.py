@@ -36,6 +36,16 @@ def test_code_ids_read_the_signs_as_binary_channel_0_first():
     assert quantizer.codes_to_vectors(codes[:, :1], 1).flatten().tolist() == [1.0, -1.0, 1.0]   # code 5
 
 
+def test_a_channel_at_exactly_zero_quantizes_to_minus_one():
+    """The rule is bit = (z > 0), q = +1 if z > 0 else -1: a channel at exactly 0 is -1, bit
+    0. (torch.sign(0) is 0, a third value a code id cannot hold.)"""
+    q, codes, _, _ = LookupFreeQuantizer(THREE_BITS)(as_map([[0.0, 0.5, 0.0]]))
+    got = q[0, :, 0, 0].tolist()
+    assert got == [-1.0, 1.0, -1.0], (f"z = (0, 0.5, 0) quantized to {got}, expected (-1, 1, -1): a channel at "
+                                      f"exactly 0 must become -1 (torch.sign gives 0 there; use z > 0)")
+    assert codes.tolist() == [[0b010]], f"z = (0, 0.5, 0) gave code {codes.item()}, expected 0b010 = 2"
+
+
 def test_commitment_value_and_its_pull_of_one_minus_beta():
     """z = 0.5 everywhere, so q = 1: (1 + beta) * 0.25, and a net pull of (1 - beta) towards q."""
     cfg = replace(THREE_BITS, commitment_weight=1.0, entropy_weight=0.0, beta=0.25)

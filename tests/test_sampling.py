@@ -87,6 +87,37 @@ def test_each_step_commits_the_most_confident_guesses(micro):
 
 
 @pytest.mark.lesson6
+def test_the_remasking_noise_is_scaled_by_its_schedule_not_by_the_temperature_alone(micro, monkeypatch):
+    """At step 2 of 4 the re-masking noise is remasking_noise(1, 1, 4) = (1 - 1/4)(1 - 2/4) =
+    0.375 times the Gumbel sample, not the temperature itself. Four guesses, two to mask
+    again; one Gumbel value is chosen so that the two scales mask different positions."""
+    cfg = micro[0].cfg
+    tokens = torch.full((1, 4), cfg.mask_token_id)
+    logits = torch.full((1, 4, cfg.codebook_size), -30.0)
+    logits[0, :, 0] = torch.tensor([3.0, 1.5, 0.5, -0.5])           # p(code 0): 0.95, 0.82, 0.62, 0.38
+    logits[0, :, 1] = 0.0
+    step = lambda: maskgit_step(tokens, logits, 1, 4, cfg, temperature=1.0,   # noqa: E731
+                                generator=torch.Generator().manual_seed(3))
+    noise_of = maskgit_step.__globals__          # where maskgit_step (yours too) finds gumbel_noise
+    monkeypatch.setitem(noise_of, "gumbel_noise", lambda shape, *a: torch.zeros(shape))
+    codes, _ = step()
+    confidence = logits.log_softmax(-1)[0].gather(1, codes[0][:, None]).flatten()      # (4,)
+    order = confidence.argsort().tolist()
+    lowest, next_lowest = order[0], order[2]
+    gap = (confidence[next_lowest] - confidence[lowest]).item()
+    bump = torch.zeros(1, 4)
+    bump[0, lowest] = 1.5 * gap            # x 0.375 stays below the next one; x 1 passes it
+    monkeypatch.setitem(noise_of, "gumbel_noise", lambda shape, *a: bump.clone())
+    _, tokens_after = step()
+    masked = sorted((tokens_after[0] == cfg.mask_token_id).nonzero().flatten().tolist())
+    expected = sorted([lowest, order[1]])
+    assert masked == expected, (
+        f"masked again {masked}, expected {expected}: the Gumbel noise must be scaled by "
+        f"remasking_noise(temperature, step, steps) (0.375 here), which shrinks to 0 by the last step, "
+        f"not by the temperature alone")
+
+
+@pytest.mark.lesson6
 def test_each_guess_is_sampled_not_the_argmax(micro):
     """MaskGIT SAMPLES each guess from softmax(logits): flat logits give many different
     codes, and another seed other codes. (The argmax would give code 0 everywhere.)"""
