@@ -84,6 +84,8 @@ def check_writable_folder(folder, what, create=False):
     folder = Path(folder)
     while create and not folder.exists() and folder != folder.parent:
         folder = folder.parent
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{what}: {folder} is a file, not a folder: choose another place")
     if not folder.is_dir():
         raise UsageError(f"{what}: the folder {folder} does not exist: create it first or choose another place")
     try:
@@ -621,25 +623,26 @@ def model_command(argv=None):
 def attention_command(argv=None):
     """python attention.py [--png DIR]: the example masks as text, or drawn as pictures."""
     parser = argparse.ArgumentParser(description="Show the omni-attention masks.")
-    parser.add_argument("--png", type=Path, metavar="DIR",
+    parser.add_argument("--png", metavar="DIR",
                         help="write t2i_mask.png, mmu_mask.png, lm_mask.png and story_mask.png here")
     args = parser.parse_args(argv)
 
     def job():
-        if args.png is not None:
-            if not str(args.png).strip():
+        folder = None if args.png is None else Path(args.png)
+        if folder is not None:
+            if not args.png.strip():            # Path("") would be the current folder
                 raise UsageError("--png is empty: give a folder for the pictures, e.g. --png masks")
-            if args.png.exists() and not args.png.is_dir():
-                raise UsageError(f"--png {args.png} is a file: give a folder for the pictures")
-            check_writable_folder(args.png, "--png", create=True)
+            if folder.exists() and not folder.is_dir():
+                raise UsageError(f"--png {folder} is a file: give a folder for the pictures")
+            check_writable_folder(folder, "--png", create=True)
         for name, title, ids, allowed in mask_examples():
             tokens = [MASK_NAMES[t] for t in ids[0].tolist()]
-            if args.png:
-                args.png.mkdir(parents=True, exist_ok=True)
-                save_picture(mask_picture(allowed[0], tokens), args.png / f"{name}_mask.png")
+            if folder:
+                folder.mkdir(parents=True, exist_ok=True)
+                save_picture(mask_picture(allowed[0], tokens), folder / f"{name}_mask.png")
             else:
                 print(f"\n{title}\n")
                 print(show_mask(allowed[0], tokens))
-        if args.png:
-            print(f"wrote t2i_mask.png, mmu_mask.png, lm_mask.png and story_mask.png to {args.png}")
+        if folder:
+            print(f"wrote t2i_mask.png, mmu_mask.png, lm_mask.png and story_mask.png to {folder}")
     exit_with_one_line(job)

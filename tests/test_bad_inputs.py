@@ -36,6 +36,10 @@ def files(tmp_path_factory):
     train.main(["--preset", "micro", "--steps", "2", "--no-eval", "--out-dir", str(root / "run")])
     train.main(["--preset", "micro", "--steps", "2", "--no-eval", "--set", "batch_story=2", "--set", "train_stories=8",
                 "--out-dir", str(root / "story")])
+    train.main(["--preset", "micro", "--steps", "2", "--no-eval", "--image-objective", "ar",
+                "--out-dir", str(root / "ar")])
+    train.main(["--preset", "micro", "--steps", "2", "--no-eval", "--set", "batch_mmu=0", "--set", "batch_story=2",
+                "--set", "train_stories=8", "--out-dir", str(root / "story_only")])
     train.main(["--preset", "micro", "--steps", "2", "--no-eval", "--set", "mmu_features=contrastive",
                 "--set", "contrastive_steps=2", "--out-dir", str(root / "contrastive")])
     model, vq, text_tokenizer, _ = checkpoint.load_checkpoint(root / "run" / "micro.pt")
@@ -62,7 +66,8 @@ def files(tmp_path_factory):
     del extra["train_state"]["readers"]["contrastive"]
     checkpoint.save_checkpoint(root / "no_encoder.pt", model, vq, text_tokenizer, extra)
     return {"ckpt": root / "run" / "micro.pt", "story": root / "story" / "micro.pt",
-            "no_encoder": root / "no_encoder.pt", "run": root / "run", "converted": root / "converted.pt",
+            "no_encoder": root / "no_encoder.pt",
+            "ar": root / "ar" / "micro.pt", "story_only": root / "story_only" / "micro.pt", "run": root / "run", "converted": root / "converted.pt",
             "png": root / "picture.png", "black": root / "black.png", "textpng": root / "text.png",
             "txt": root / "notes.txt", "empty": root / "empty.txt", "binary": root / "binary.txt",
             "dir": root / "folder", "file": root / "afile", "other_preset": root / "other_preset",
@@ -182,6 +187,19 @@ CASES = [
     ("evaluate", ["lfq", "--ckpt", "{ckpt}", "--png", "{dir}"], "is a folder"),
     # attention.py: the figures' folder
     ("attention", ["--png", "{file}"], "is a file"),
+    ("attention", ["--png", "{file}/masks"], "is a file"),
+    ("attention", ["--png", ""], "--png is empty"),
+    # tasks a checkpoint was never trained for, settings it cannot use, inputs that are not files
+    ("sampling", ["--ckpt", "{story_only}", "--image", "{png}", "--question", "what?"], "never trained to answer"),
+    ("sampling", ["--ckpt", "{ar}", "--prompt", "a red circle", "--steps", "4", "--out", "{tmp}/ar.png"],
+     "drop --steps"),
+    ("sampling", ["--ckpt", "/dev/zero", "--prompt", "a red circle"], "not a regular file"),
+    ("train", ["--preset", "micro", "--set", "batch_story=2", "--set", "train_stories=8", "--data-dir", "{dir}",
+               "--out-dir", "{tmp}/s"], "need the shapes world's stories"),
+    ("train", ["--preset", "story", "--set", "mmu_features=contrastive", "--out-dir", "{tmp}/s"],
+     "has none (batch_mmu = 0)"),
+    ("bench", ["compare", "--mtp", "{ckpt}", "--ar", "{tmp}/missing.pt"], "--ar: checkpoint"),
+    ("evaluate", ["probe", "--ckpt", "{ckpt}", "--pictures", "19"], "--pictures 19"),
     # checkpoint.py convert: the folders it is given (damaged contents: test_damaged_files.py)
     ("convert", ["convert", "--showo", "{tmp}/missing", "--magvit", "{dir}", "--tokenizer", "{dir}",
                  "--out", "{tmp}/c.pt"], "not found"),

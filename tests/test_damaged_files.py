@@ -10,7 +10,11 @@ thing, and runs `python checkpoint.py convert` in-process, or load_checkpoint.
 import json
 import pickle
 import shutil
+import signal
 import struct
+import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -302,3 +306,45 @@ def test_a_damaged_tensor_record_in_a_torch_file_is_one_line(saved, tmp_path):
     with pytest.raises(CheckpointError) as error:
         read_torch_file(damaged)
     assert_one_line(str(error.value), damaged)
+
+
+# (what was edited by hand, the change to the stored extra, what the one line must say)
+EDITED_SETTINGS = [
+    ("steps of a 4,000-hour run", lambda e: e["sampling"]["t2i"].update(steps=10 ** 9), "t2i steps = 1000000000"),
+    ("NaN guidance", lambda e: e["sampling"]["t2i"].update(guidance=float("nan")), "guidance = nan"),
+    ("steps as a string", lambda e: e["sampling"]["inpainting"].update(steps="16"), "inpainting steps = '16'"),
+    ("an unknown setting", lambda e: e["sampling"]["t2i"].update(speed=2), "sampling setting 'speed'"),
+    ("a template with other fields", lambda e: e.update(question_template="{0} {nope}"), "question_template"),
+    ("a template without the question", lambda e: e.update(question_template="hello"), "question_template"),
+    ("an unknown reader", lambda e: e.update(mmu_features="bogus"), "mmu_features = 'bogus'"),
+    ("an unknown objective", lambda e: e.update(image_objective="diffusion"), "image_objective = 'diffusion'"),
+    ("a stories flag its recipe contradicts", lambda e: e.update(stories=True, train_config={"batch_story": 0}),
+     "contradicts"),
+    ("an unknown task", lambda e: e.update(tasks=["draw", "fly"]), "tasks = ['draw', 'fly']"),
+]
+
+
+@pytest.mark.parametrize("edit, expected", [case[1:] for case in EDITED_SETTINGS],
+                         ids=[case[0] for case in EDITED_SETTINGS])
+def test_hand_edited_stored_settings_are_refused_at_load_in_one_line(saved, tmp_path, edit, expected):
+    """A checkpoint's stored defaults are held to the command line's limits (cli.LIMITS), and
+    its flags to the values the code knows: refused when loaded, never a traceback later."""
+    edited = rewritten(saved, tmp_path / "edited.pt", lambda blob: edit(blob["extra"]))
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(edited)
+    assert_one_line(str(error.value), edited, expected)
+    assert "edited or damaged" in str(error.value)
+
+
+def test_interrupting_a_command_while_it_starts_is_one_line(tmp_path):
+    """Ctrl-C in the first second (torch is still loading): a line, not a traceback."""
+    command = [sys.executable, "checkpoint.py", "convert", "--showo", "x", "--magvit", "x", "--tokenizer", "x",
+               "--out", str(tmp_path / "x.pt")]
+    started = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(0.3)
+    started.send_signal(signal.SIGINT)
+    output, _ = started.communicate(timeout=60)
+    assert "Traceback" not in output and "interrupted" in output, output[-2000:]
+    assert started.returncode != 0

@@ -229,8 +229,13 @@ def test_set_reads_each_field_as_its_type():
 
 # ---- saving, resuming, reusing --------------------------------------------------------------
 
-def test_interrupted_and_resumed_run_equals_a_straight_run(tmp_path, monkeypatch):
-    recipe = ["--preset", "micro", "--set", "steps=8", "--set", "save_every=3", "--no-eval"]
+@pytest.mark.parametrize("extra", [[], ["--set", "mmu_features=contrastive", "--set", "contrastive_steps=3"],
+                                   ["--set", "batch_story=2", "--set", "train_stories=8"]],
+                         ids=["codes", "contrastive reader", "stories"])
+def test_interrupted_and_resumed_run_equals_a_straight_run(tmp_path, monkeypatch, extra):
+    """For every reader and row kind: the contrastive encoder is stored with the run, so a
+    resumed run reads through the same one instead of training another."""
+    recipe = ["--preset", "micro", "--set", "steps=8", "--set", "save_every=3", "--no-eval", *extra]
     train.main([*recipe, "--out-dir", str(tmp_path / "straight")])
 
     real_batch = MixedBatches.batch
@@ -249,8 +254,8 @@ def test_interrupted_and_resumed_run_equals_a_straight_run(tmp_path, monkeypatch
     train.main(["--preset", "micro", "--resume", "--no-eval", "--out-dir", str(tmp_path / "resumed")])
 
     straight, resumed = (load_checkpoint(tmp_path / name / "micro.pt") for name in ("straight", "resumed"))
-    for a, b in zip(straight[0].state_dict().values(), resumed[0].state_dict().values()):
-        assert torch.equal(a, b)
+    for (name, a), b in zip(straight[0].state_dict().items(), resumed[0].state_dict().values()):
+        assert torch.equal(a, b), f"{name} differs between the straight and the resumed run"
     assert straight[3]["loss_history"] == resumed[3]["loss_history"]
     assert not list((tmp_path / "resumed").glob("*.tmp"))
 
