@@ -23,6 +23,7 @@ from PIL import Image
 
 import bench
 import sampling
+from explain import expect_close, expect_equal
 from readers import clip_feature_slots, mmu_vit_sequences
 from bench import write_released_clip
 from checkpoint import (RELEASED_CLIP_QUESTION_TEMPLATE, RELEASED_SYSTEM_PROMPT, load_checkpoint,
@@ -96,10 +97,18 @@ def test_clip_preprocessing_normalises_per_channel(size, tmp_path):
     colour = (200, 100, 30)
     Image.new("RGB", size, colour).save(tmp_path / "flat.png")
     pixels = clip_pixels(tmp_path / "flat.png", SMALL)
-    assert pixels.shape == (1, 3, 20, 20) and pixels.dtype == torch.float32
+    expect_equal((tuple(pixels.shape), pixels.dtype), ((1, 3, 20, 20), torch.float32), "shape and dtype",
+                 "(1, 3, S, S) float32: channels first, one picture")
     expected = (torch.tensor(colour) / 255 - torch.tensor(SMALL.image_mean)) / torch.tensor(SMALL.image_std)
-    assert torch.allclose(pixels[0].mean(dim=(1, 2)), expected, atol=1e-3)
-    assert torch.allclose(pixels[0], expected[:, None, None].expand(3, 20, 20), atol=1e-2)
+    as_minus_one_to_one = torch.tensor(colour) / 127.5 - 1
+    means = pixels[0].mean(dim=(1, 2))
+    expect_close(pixels[0], means[:, None, None].expand(3, 20, 20), "every pixel of a picture of one colour",
+                 "each channel must be one value everywhere: turn (S, S, 3) into (3, S, S) with permute(2, 0, 1); "
+                 "a reshape mixes the channels", atol=1e-2)
+    hint = ("values in [-1, 1] (x / 127.5 - 1) are MAGVIT's range; CLIP takes x / 255, then (x - mean) / std "
+            "per channel with CLIP's mean and std" if torch.allclose(means, as_minus_one_to_one, atol=1e-2)
+            else "(x / 255 - mean) / std per channel, with CLIP's mean and std")
+    expect_close(means, expected, f"the channel means of a flat {colour} picture", hint, atol=1e-3)
 
 
 @pytest.mark.lesson10
@@ -118,8 +127,14 @@ def test_clip_preprocessing_resizes_the_shorter_side_and_cuts_the_centre(landsca
     std, mean = torch.tensor(SMALL.image_std)[:, None, None], torch.tensor(SMALL.image_mean)[:, None, None]
     along = (pixels * std + mean).mean(dim=1 if landscape else 2)        # (3, 20) in [0, 1], along the long side
     red, green, blue = along
-    assert (green > 0.9).all() and red[10] < 0.02 and blue[10] < 0.02    # the middle band
-    assert red[0] > 0.02 and abs(float(red[0] - blue[-1])) < 0.01        # centred: red and blue bleed in alike
+    crop_idea = ("resize the SHORTER side to resize_to, keeping the aspect ratio, then cut the centre S x S "
+                 "(squashing the picture to a square keeps all three bands)")
+    expect_equal(bool((green > 0.9).all()), True, "the green middle band across the crop", crop_idea)
+    expect_close(torch.stack([red[10], blue[10]]), torch.zeros(2), "red and blue in the middle of the crop",
+                 crop_idea, atol=0.02)
+    expect_equal(bool(red[0] > 0.02 and abs(float(red[0] - blue[-1])) < 0.01), True,
+                 f"the crop's two edges (red {red[0]:.3f}, blue {blue[-1]:.3f})",
+                 "centred: the red and the blue band bleed in alike at the two edges")
 
 
 @pytest.mark.lesson10
@@ -129,13 +144,20 @@ def test_clip_preprocessing_rounds_the_longer_side_down(tmp_path):
     rng = np.random.default_rng(0)
     picture = rng.integers(0, 256, (24, 61, 3), dtype=np.uint8)
     Image.fromarray(picture).save(tmp_path / "wide.png")
-    resized = np.asarray(Image.fromarray(picture).resize((50, 20), Image.Resampling.BICUBIC))
-    left = (50 - 20) // 2
-    crop = torch.from_numpy(resized[:, left:left + 20].copy()).permute(2, 0, 1).float() / 255
     mean, std = torch.tensor(SMALL.image_mean)[:, None, None], torch.tensor(SMALL.image_std)[:, None, None]
-    worst = (clip_pixels(tmp_path / "wide.png", SMALL)[0] - (crop - mean) / std).abs().max().item()
-    assert worst < 1e-5, (f"pixels differ from the bicubic resize to 50 x 20 then the centre crop by up to "
-                          f"{worst:.3f}: the longer side must be int(20 * 61 / 24) = 50, rounded down (not 51)")
+
+    def prepared(width, resample):
+        resized = np.asarray(Image.fromarray(picture).resize((width, 20), resample))
+        left = (width - 20) // 2
+        return ((torch.from_numpy(resized[:, left:left + 20].copy()).permute(2, 0, 1).float() / 255) - mean) / std
+    got = clip_pixels(tmp_path / "wide.png", SMALL)[0]
+    if torch.allclose(got, prepared(51, Image.Resampling.BICUBIC), atol=1e-5):
+        hint = "these are the pixels of a resize to 51 x 20: the longer side is int(20 * 61 / 24) = 50, rounded down"
+    elif torch.allclose(got, prepared(50, Image.Resampling.BILINEAR), atol=1e-5):
+        hint = "these are the pixels of a BILINEAR resize: CLIP resizes with Image.Resampling.BICUBIC"
+    else:
+        hint = "resize to 50 x 20 (bicubic, the longer side rounded down), then cut the centre 20 x 20"
+    expect_close(got, prepared(50, Image.Resampling.BICUBIC), "the pixels of a 61 x 24 picture", hint)
 
 
 def test_features_and_projected_features(ref, showo, tower):

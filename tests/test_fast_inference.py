@@ -12,6 +12,7 @@ from PIL import Image
 
 import sampling
 from attention import lm_attention_mask, mmu_sequences
+from explain import expect_close, expect_equal, explaining
 from sampling import (CachedNextToken, CachedPromptT2I, FullRecomputeT2I, decode_tokens, generate_image_codes,
                       generate_image_codes_ar, left_pad, next_token_function, understanding_mask_of)
 
@@ -121,16 +122,23 @@ def test_mmu_cached_logits_and_greedy_tokens_match_naive(micro, attention):
     ids = question_batch(model, text_tokenizer)
     steps = 6
     rule = understanding_mask_of(model.cfg)
-    naive, fast = (decode_tokens(next_token_function(model, rule, naive), ids, steps) for naive in (True, False))
-    assert torch.equal(fast, naive)
+    with explaining(CACHE_CONTRACT):
+        naive, fast = (decode_tokens(next_token_function(model, rule, naive), ids, steps) for naive in (True, False))
+    expect_equal(fast, naive, "the greedy answer tokens with the cache", CACHE_CONTRACT)
     # Logits along that answer, each step fed only the token the cache has not seen.
     answered = torch.cat([ids, naive], dim=1)
     cached = CachedNextToken(model, understanding_mask_of(model.cfg))
-    with torch.no_grad():
+    with torch.no_grad(), explaining(CACHE_CONTRACT):
         for end in range(ids.shape[1], answered.shape[1] + 1):
             expected = model(answered[:, :end], rule(answered[:, :end]))[:, -1]
-            worst = (cached(answered[:, :end]) - expected).abs().max().item()
-            assert worst <= TOLERANCE, f"length {end}: max abs difference {worst:.2e}"
+            expect_close(cached(answered[:, :end]), expected, f"the cached logits after {end} tokens",
+                         ("the prompt's logits differ: " if end == ids.shape[1] else "the prompt's were right, a "
+                          "new token's are not: ") + CACHE_CONTRACT, atol=TOLERANCE)
+
+
+CACHE_CONTRACT = ("run only the new tokens ids[:, length:], with their rows of the full mask over ALL columns "
+                  "so far (mask_rule(ids)[:, length:], (B, new, L)) and their own positions length ... L-1, "
+                  "then store the past and set length = L")
 
 
 def test_kv_cache_grows_by_one_position_per_generated_token(micro):
@@ -141,15 +149,20 @@ def test_kv_cache_grows_by_one_position_per_generated_token(micro):
     cached = CachedNextToken(model, understanding_mask_of(model.cfg))
     expected_shape = (len(QUESTIONS), cfg.num_heads, prompt, cfg.head_dim)
     before = []
-    with torch.no_grad():
+    with torch.no_grad(), explaining(CACHE_CONTRACT):
         for step in range(5):
             next_id = cached(ids).argmax(dim=-1)
-            assert cached.length == prompt + step
+            expect_equal(cached.length, prompt + step, f"cache.length after call {step + 1}",
+                         "length counts the tokens the cache holds: set it to ids.shape[1] after each call")
             for k, v in cached.past:
-                assert k.shape == v.shape == expected_shape[:2] + (prompt + step,) + expected_shape[3:]
+                want = expected_shape[:2] + (prompt + step,) + expected_shape[3:]
+                expect_equal((tuple(k.shape), tuple(v.shape)), (want, want), f"one layer's (k, v) after call "
+                             f"{step + 1}", "each call adds only the new tokens' keys/values to the past")
             if step:
                 # Tokens already cached keep their keys/values: only one column is new.
-                assert all(torch.equal(k[:, :, :-1], old_k) for (k, _), old_k in zip(cached.past, before))
+                expect_equal(all(torch.equal(k[:, :, :-1], old_k) for (k, _), old_k in zip(cached.past, before)),
+                             True, "the keys of the tokens cached before", "keys already cached never change: "
+                             "run only ids[:, length:] against the past")
             before = [k for k, _ in cached.past]
             ids = torch.cat([ids, next_id[:, None]], dim=1)
 

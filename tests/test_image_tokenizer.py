@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import data
-from tokenizer import ImageTokenizerConfig, LookupFreeQuantizer
-from evaluate import ComputeMeter
 from distributed import Process
+from evaluate import ComputeMeter
+from explain import expect_close, expect_equal
+from tokenizer import ImageTokenizerConfig, LookupFreeQuantizer
 from train import PRESETS, train_image_tokenizer
 
 pytestmark = pytest.mark.lesson2   # COURSE.md: `python -m pytest -q -m lesson2` checks that lesson's exercise
@@ -31,9 +32,26 @@ def test_code_ids_read_the_signs_as_binary_channel_0_first():
     quantizer = LookupFreeQuantizer(THREE_BITS)
     z = as_map([[0.3, -2.0, 0.1], [-0.1, 0.5, 0.7], [-1.0, -1.0, -1.0]])
     q, codes, _, _ = quantizer(z)
-    assert codes.tolist() == [[0b101, 0b011, 0b000]]
-    assert q[0, :, 0, 0].tolist() == [1.0, -1.0, 1.0]
-    assert quantizer.codes_to_vectors(codes[:, :1], 1).flatten().tolist() == [1.0, -1.0, 1.0]   # code 5
+    expect_equal(codes.tolist(), [[0b101, 0b011, 0b000]], "codes of z = (+, -, +), (-, +, +), (-, -, -)",
+                 "bit c is (z_c > 0) and channel 0 is the MOST significant bit: code = sum bit_c * 2^(C-1-c)")
+    expect_equal(q[0, :, 0, 0].tolist(), [1.0, -1.0, 1.0], "q of z = (0.3, -2, 0.1)",
+                 "each channel becomes its sign, +1 or -1")
+    expect_equal(quantizer.codes_to_vectors(codes[:, :1], 1).flatten().tolist(), [1.0, -1.0, 1.0],
+                 "the vector of code 5", "code 5 = 0b101 decodes to (+1, -1, +1), channel 0 first")
+
+
+def test_decoding_codes_puts_each_cells_vector_in_its_cell():
+    """A 2x2 grid of four codes back to a (1, C, 2, 2) map: cell (row, col) holds its own
+    code's +-1 vector along the channels."""
+    quantizer = LookupFreeQuantizer(THREE_BITS)
+    codes = torch.tensor([[0b100, 0b010, 0b001, 0b111]])                    # row-major cells
+    vectors = quantizer.codes_to_vectors(codes, 2)
+    expect_equal(tuple(vectors.shape), (1, 3, 2, 2), "codes_to_vectors shape", "(B, C, h, w): channels first")
+    for cell, code in enumerate(codes[0].tolist()):
+        want = [1.0 if code >> (2 - c) & 1 else -1.0 for c in range(3)]
+        expect_equal(vectors[0, :, cell // 2, cell % 2].tolist(), want, f"the vector at cell {divmod(cell, 2)}",
+                     "each cell keeps its own code's channels: permute (B, h, w, C) to (B, C, h, w), "
+                     "a reshape would mix the cells' channels")
 
 
 def test_a_channel_at_exactly_zero_quantizes_to_minus_one():
@@ -55,7 +73,9 @@ def test_commitment_value_and_its_pull_of_one_minus_beta():
     commit.backward()
     # d/dz of mean((1 - z)^2) is -2(1 - z)/n = -1/n per element; the beta term adds +beta/n.
     n = z.numel()
-    assert torch.allclose(z.grad, torch.full_like(z, (-1.0 + 0.25) / n))
+    expect_close(z.grad * n, torch.full_like(z, -1.0 + 0.25), "the commitment gradient on z (times n)",
+                 "-1 from ||sg(q) - z||^2 plus +beta from beta ||q_st - sg(z)||^2, which reaches z only "
+                 "through the straight-through estimator q_st = z + (q - z).detach()")
 
 
 def test_entropy_per_bit_and_per_code_worked_by_hand():
@@ -68,15 +88,22 @@ def test_entropy_per_bit_and_per_code_worked_by_hand():
     confident = as_map([[9.0, 9.0, 9.0], [-9.0, -9.0, -9.0]])
     per_bit = LookupFreeQuantizer(THREE_BITS).entropy_loss(confident)
     per_code = LookupFreeQuantizer(replace(THREE_BITS, entropy_per_code=True)).entropy_loss(confident)
-    assert per_bit.item() == pytest.approx(-math.log(2), abs=1e-6)
-    assert per_code.item() == pytest.approx(-math.log(2) / 3, abs=1e-6)
+    idea = ("loss = per-token entropy - batch entropy (lower is better), in nats (natural log), "
+            "averaged per bit")
+    expect_close(per_bit, -math.log(2), "per-bit entropy loss of two confident, opposite tokens (-ln 2 = -0.693)",
+                 idea + f"; {-1 / math.log(2):.3f} would be bits, +0.693 the wrong sign", atol=1e-6)
+    expect_close(per_code, -math.log(2) / 3, "per-code entropy loss, 2 of 8 codes used (-ln 2 / 3 = -0.231)",
+                 idea + ": the batch entropy over the 2^C codes is divided by C (-0.693 would be undivided)",
+                 atol=1e-6)
     undecided = as_map([[0.0, 0.0, 0.0]])
     for cfg in (THREE_BITS, replace(THREE_BITS, entropy_per_code=True)):
-        assert LookupFreeQuantizer(cfg).entropy_loss(undecided).item() == pytest.approx(0.0, abs=1e-6)
+        expect_close(LookupFreeQuantizer(cfg).entropy_loss(undecided), 0.0, "entropy loss of one undecided token",
+                     "a token at z = 0 is ln 2 per bit uncertain, and so is the batch it alone makes: 0",
+                     atol=1e-6)
     # All 8 codes used once each, confidently: per code as low as per bit (-ln 2 per bit).
     all_codes = as_map([[9.0 if (c >> (2 - b)) & 1 else -9.0 for b in range(3)] for c in range(8)])
     per_code_all = LookupFreeQuantizer(replace(THREE_BITS, entropy_per_code=True)).entropy_loss(all_codes)
-    assert per_code_all.item() == pytest.approx(-math.log(2), abs=1e-6)
+    expect_close(per_code_all, -math.log(2), "per-code entropy loss, all 8 codes used once", idea, atol=1e-6)
 
 
 def test_training_the_tokenizer_lowers_reconstruction_error():

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from explain import expect_close, expect_equal
 from model import IGNORE, MLP, QKNormAttention, ShowoConfig, apply_rotary, mtp_loss, ntp_loss, rotary_cos_sin
 
 
@@ -77,7 +78,9 @@ def test_ntp_loss_shifts_by_one_and_skips_ignore():
     logits = torch.tensor([[[0.0, 0.0], [0.0, math.log(3)], [5.0, -5.0]]])
     labels = torch.tensor([[IGNORE, 0, 1]])
     expected = (math.log(2) + math.log(4 / 3)) / 2
-    assert ntp_loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    expect_close(ntp_loss(logits, labels), expected, "ntp_loss of one row, labels (IGNORE, 0, 1)",
+                 "position i predicts label i + 1 (the shift), the last position predicts nothing, IGNORE is "
+                 "skipped: (ln 2 + ln 4/3) / 2 = 0.490", atol=1e-6)
 
 
 @pytest.mark.lesson5
@@ -85,7 +88,9 @@ def test_mtp_loss_has_no_shift_and_counts_masked_places_only():
     """Only position 1 is masked (label 1): its logits (0, ln 3) give p = 3/4."""
     logits = torch.tensor([[[9.0, -9.0], [0.0, math.log(3)], [-9.0, 9.0]]])
     labels = torch.tensor([[IGNORE, 1, IGNORE]])
-    assert mtp_loss(logits, labels).item() == pytest.approx(math.log(4 / 3), rel=1e-6)
+    expect_close(mtp_loss(logits, labels), math.log(4 / 3), "mtp_loss of one row, only position 1 masked",
+                 "a masked position predicts its OWN label (no shift), and only masked positions count: "
+                 "ln 4/3 = 0.288 (a shift like NTP's would give 18)", atol=1e-6)
 
 
 @pytest.mark.lesson5
@@ -103,8 +108,12 @@ def test_losses_on_targets_only_equal_plain_cross_entropy(loss, shift):
     targets = torch.full_like(labels, IGNORE)
     targets[:, :labels.shape[1] - shift] = wanted
     kept = logits[targets != IGNORE]                            # (K, V), row-major
-    assert loss(logits, labels).item() == pytest.approx(plain.item(), rel=1e-6), "full logits"
-    assert loss(kept, labels).item() == pytest.approx(plain.item(), rel=1e-6), "(K, V) logits at the targets"
+    idea = ("the mean over EVERY counted target of the batch (not a mean of per-row means), IGNORE not "
+            "counted, " + ("position i predicting label i + 1" if shift else "each position its own label"))
+    expect_close(loss(logits, labels), plain, "the loss of 3 rows with (B, L, V) logits", idea, atol=1e-5)
+    expect_close(loss(kept, labels), plain, "the same loss given (K, V) logits, the target positions only",
+                 "training passes the logits of the K positions that have a target, in row-major order; " + idea,
+                 atol=1e-5)
 
 
 @pytest.mark.lesson5
@@ -112,7 +121,9 @@ def test_losses_on_targets_only_equal_plain_cross_entropy(loss, shift):
 def test_a_batch_with_no_target_is_a_loss_of_zero_not_nan(loss):
     logits = torch.randn(2, 4, 5, requires_grad=True)
     value = loss(logits, torch.full((2, 4), IGNORE))
-    assert value.item() == 0.0, f"no target gave {value.item()}"
+    expect_equal(value.item(), 0.0, "the loss of a batch with no target",
+                 "with nothing to predict the loss is 0, not the NaN of an empty mean (a batch whose sentences "
+                 "were all dropped must not stop training)")
     value.backward()                                           # and training can still step
     assert logits.grad is not None and not logits.grad.any()
 

@@ -14,6 +14,7 @@ import commands
 import sampling
 from attention import t2i_attention_mask, t2i_sequences
 from checkpoint import load_checkpoint
+from explain import expect_equal
 from tensor_files import CheckpointError
 from model import ShowoConfig
 from pictures import stitch_extension
@@ -45,8 +46,10 @@ def test_each_step_leaves_the_scheduled_number_of_masks(micro):
         logits = torch.randn(3, 64, cfg.codebook_size, generator=gen)
         codes, tokens = maskgit_step(tokens, logits, step, 8, cfg, generator=gen)
         left.append((tokens == cfg.mask_token_id).sum(1).tolist())
-        assert ((codes >= 0) & (codes < cfg.codebook_size)).all()
-    assert left == [[n] * 3 for n in MASKS_LEFT_64_TOKENS_8_STEPS]
+        expect_equal(bool(((codes >= 0) & (codes < cfg.codebook_size)).all()), True, f"codes at step {step}",
+                     "codes are image code ids 0 ... K-1 (the token id minus image_offset)")
+    expect_equal([row[0] for row in left], MASKS_LEFT_64_TOKENS_8_STEPS, "masks left after each of 8 steps",
+                 "floor(64 * cos(pi/2 * (step + 1) / 8)) stay masked, at least 1, fewer than were unknown")
 
 
 @pytest.mark.lesson6
@@ -56,11 +59,19 @@ def test_known_tokens_are_never_masked_again_and_each_step_commits_one(micro):
     gen = torch.Generator().manual_seed(1)
     tokens = torch.randint(cfg.codebook_size, (1, 64), generator=gen) + cfg.image_offset
     tokens[0, :3] = cfg.mask_token_id                       # 3 unknowns, 8 steps
+    given = tokens[0, 3:].clone()
     for step in range(2):
-        _, tokens = maskgit_step(tokens, torch.randn(1, 64, cfg.codebook_size, generator=gen), step, 8, cfg,
-                                 generator=gen)
-        assert (tokens == cfg.mask_token_id).sum().item() == 2 - step
-        assert (tokens[0, 3:] != cfg.mask_token_id).all()
+        codes, tokens = maskgit_step(tokens, torch.randn(1, 64, cfg.codebook_size, generator=gen), step, 8, cfg,
+                                     generator=gen)
+        expect_equal(codes[0, 3:] + cfg.image_offset, given, f"the given tokens' codes after step {step + 1}",
+                     "a known token is kept as it is, never sampled again")
+        expect_equal((tokens == cfg.mask_token_id).sum().item(), 2 - step,
+                     f"masks left after step {step + 1} of 8, with 3 unknown at the start",
+                     "n_mask is clamped: fewer than are unknown now (every step commits at least one) "
+                     "and at least 1")
+        expect_equal((tokens[0, 3:] == cfg.mask_token_id).nonzero().flatten().tolist(), [],
+                     f"given tokens masked again at step {step + 1}",
+                     "known tokens have infinite confidence: they are never masked again")
 
 
 @pytest.mark.lesson6
