@@ -482,7 +482,7 @@ def output_of(args, prompts):
 # ----------------------------------------------------------------------------------------
 
 def evaluate_command(argv=None):
-    """python evaluate.py scores | bpe | lfq | probe."""
+    """python evaluate.py scores | bpe | lfq | probe | reach."""
     parser = argparse.ArgumentParser(description="Measure a checkpoint; see the two tokenizers at work.")
     sub = parser.add_subparsers(dest="command", required=True)
     bpe = sub.add_parser("bpe", help="learn a small BPE and split a text with it")
@@ -496,6 +496,8 @@ def evaluate_command(argv=None):
     probe.add_argument("--ckpt", required=True, help="a checkpoint from train.py (e.g. assets/tiny.pt)")
     probe.add_argument("--pictures", type=int, default=2000, metavar="N",
                        help="pictures the probes are fitted on (20-20000; a quarter as many score them)")
+    reach = sub.add_parser("reach", help="how far an LFQ code reaches: codes that change around one changed object")
+    reach.add_argument("--ckpt", required=True, help="a checkpoint from train.py (e.g. assets/tiny.pt)")
     scores = sub.add_parser("scores", help="the held-out scores of a train.py checkpoint")
     scores.add_argument("--ckpt", required=True, help="a checkpoint from train.py (e.g. out/tiny.pt)")
     args = parser.parse_args(argv)
@@ -505,6 +507,8 @@ def evaluate_command(argv=None):
             evaluate.show_bpe(args.text)
         elif args.command == "lfq":
             evaluate.show_lfq(args.ckpt, check_output(args.png, "--png"), shift=args.shift)
+        elif args.command == "reach":
+            evaluate.show_reach(args.ckpt)
         elif args.command == "probe":
             check_number("--pictures", args.pictures, 20, 20000, "number of pictures the probes are fitted on")
             evaluate.show_probe(args.ckpt, args.pictures)

@@ -46,7 +46,7 @@ from checkpoint import load_checkpoint, recommended_settings
 from pictures import image_grid, lfq_picture, save_picture
 from readers import answer_from_features, picture_features, stored_reader
 from sampling import answer_questions, generate_pictures
-from stories import STORY_FRAMES_SCORED, story_scores
+from stories import STORY_FRAMES_SCORED, make_stories, story_scores
 
 
 # ----------------------------------------------------------------------------------------
@@ -344,6 +344,35 @@ def linear_probe(train_x, train_y, test_x, test_y, steps=300):
         opt.step()
     with torch.no_grad():
         return (read((test_x - mean) / std).argmax(1) == test_y).float().mean().item()
+
+
+def show_reach(ckpt, count=150):
+    """How far does an LFQ code's value reach? Pairs of consecutive story frames (one object
+    changed, everything else the same pixels): the share of codes that change, by the
+    distance (in cells) from the nearest cell whose pixels changed. A code that depended
+    on its own cell only would change at distance 0 and nowhere else; then a later frame
+    could copy every other code of the one before it (docs/experiments.md, "Stories")."""
+    vq = world_image_tokenizer(ckpt)
+    frames = [(story.images[k], story.images[k + 1]) for story in make_stories(count, seed=11)
+              for k in range(len(story.images) - 1)]
+    before, after = (np.stack(side) for side in zip(*frames))                        # (P, 32, 32, 3) each
+    grid = vq.cfg.resolution // vq.cfg.downsample
+    codes = [data.encode_pictures(vq, side, "cpu").view(-1, grid, grid) for side in (before, after)]
+    cell = data.IMAGE_SIZE // grid
+    touched = (before != after).any(-1).reshape(-1, grid, cell, grid, cell).any((2, 4))   # (P, grid, grid)
+    rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
+    changed_by_distance = {}
+    for pair, changed in enumerate(touched):
+        ys, xs = np.nonzero(changed)
+        if len(ys):
+            distance = np.maximum(abs(rows[..., None] - ys), abs(cols[..., None] - xs)).min(-1)   # (grid, grid)
+            for d, moved in zip(distance.flatten(), (codes[0][pair] != codes[1][pair]).flatten().tolist()):
+                changed_by_distance.setdefault(int(d), []).append(moved)
+    print(f"{len(frames)} pairs of story frames, one object changed in each; {grid}x{grid} codes of {cell}x{cell} px")
+    for d, moved in sorted(changed_by_distance.items()):
+        print(f"  {d} cells from the change: {np.mean(moved):6.1%} of {len(moved)} codes change")
+    still = [m for d, moved in changed_by_distance.items() if d > 0 for m in moved]
+    print(f"copying every code of an untouched cell gets {1 - np.mean(still):.1%} of them right")
 
 
 def show_probe(ckpt, pictures=2000):

@@ -18,11 +18,11 @@ from PIL import Image
 import attention
 import bench
 import checkpoint
+import commands
 import data
 import evaluate
 import sampling
 import train
-import commands
 from tensor_files import materialize
 
 CLIS = {"sampling": sampling.main, "train": train.main, "convert": checkpoint.main, "bench": bench.main,
@@ -200,6 +200,7 @@ CASES = [
      "has none (batch_mmu = 0)"),
     ("bench", ["compare", "--mtp", "{ckpt}", "--ar", "{tmp}/missing.pt"], "--ar: checkpoint"),
     ("evaluate", ["probe", "--ckpt", "{ckpt}", "--pictures", "19"], "--pictures 19"),
+    ("evaluate", ["reach", "--ckpt", "{tmp}/missing.pt"], "not found"),
     # checkpoint.py convert: the folders it is given (damaged contents: test_damaged_files.py)
     ("convert", ["convert", "--showo", "{tmp}/missing", "--magvit", "{dir}", "--tokenizer", "{dir}",
                  "--out", "{tmp}/c.pt"], "not found"),

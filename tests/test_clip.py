@@ -19,22 +19,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from explain import expect_close, expect_equal
 from PIL import Image
 
 import bench
 import sampling
-from explain import expect_close, expect_equal
-from readers import clip_feature_slots, mmu_vit_sequences
+import train
 from bench import write_released_clip
-from checkpoint import (RELEASED_CLIP_QUESTION_TEMPLATE, RELEASED_SYSTEM_PROMPT, load_checkpoint,
-                        load_released_clip, load_released_showo, load_vision_tower, main, released_clip_config)
-from readers import ClipConfig
-from tensor_files import read_weights
-from model import ShowoConfig
-from commands import phrase_question
-from readers import answer_with_clip, clip_pixels, clip_understanding_mask, embed_with_features
-from sampling import decode_tokens, next_token_function
 from bpe import TextTokenizer
+from checkpoint import (RELEASED_CLIP_QUESTION_TEMPLATE, RELEASED_SYSTEM_PROMPT, load_checkpoint, load_released_clip,
+                        load_released_showo, load_vision_tower, main, released_clip_config)
+from commands import phrase_question
+from model import ShowoConfig
+from readers import (ClipConfig, answer_with_clip, clip_feature_slots, clip_pixels, clip_understanding_mask,
+                     embed_with_features, mmu_vit_sequences)
+from sampling import decode_tokens, next_token_function
+from tensor_files import read_weights
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TOLERANCE = 1e-4
@@ -244,6 +244,10 @@ def test_convert_with_clip_then_load_and_ask_on_the_command_line(ref, tmp_path, 
     [answer] = answer_with_clip(model, tower, clip_pixels(reference_dir() / "image.png", tower.cfg),
                                 text_tokenizer.encode(extra["system_prompt"]), [question_ids], 5)
     assert printed == (text_tokenizer.decode(answer).strip() or "(no answer: the model ended it at once)")
+    # train.py trains on codes or its own readers: fine-tuning this variant would drop its tower
+    message = one_line_error(lambda: train.main(["--preset", "micro", "--init", str(out),
+                                                 "--out-dir", str(tmp_path / "tuned")]))
+    assert "is the CLIP-ViT variant" in message and "MAGVIT-only" in message
 
 
 def one_line_error(job):

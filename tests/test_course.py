@@ -17,8 +17,7 @@ import torch
 from PIL import Image
 
 import data
-from checkpoint import load_checkpoint
-from checkpoint import recommended_settings
+from checkpoint import load_checkpoint, recommended_settings
 from sampling import answer_questions, generate_pictures
 
 ROOT = Path(__file__).resolve().parent.parent

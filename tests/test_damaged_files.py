@@ -22,9 +22,9 @@ import pytest
 import torch
 
 import checkpoint
+from bpe import TextTokenizer
 from checkpoint import load_checkpoint, save_checkpoint
 from tensor_files import CheckpointError, read_torch_file
-from bpe import TextTokenizer
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "official_tiny"
 

@@ -8,11 +8,11 @@ the same tokens both ways. Read first: sampling.py, then model.py (forward_with_
 import numpy as np
 import pytest
 import torch
+from explain import expect_close, expect_equal, explaining
 from PIL import Image
 
 import sampling
 from attention import lm_attention_mask, mmu_sequences
-from explain import expect_close, expect_equal, explaining
 from sampling import (CachedNextToken, CachedPromptT2I, FullRecomputeT2I, decode_tokens, generate_image_codes,
                       generate_image_codes_ar, left_pad, next_token_function, understanding_mask_of)
 

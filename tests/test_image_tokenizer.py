@@ -5,16 +5,18 @@ these check what only training uses, against numbers worked out by hand.
 """
 
 import math
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from explain import expect_close, expect_equal
 
 import data
 from distributed import Process
 from evaluate import ComputeMeter
-from explain import expect_close, expect_equal
 from tokenizer import ImageTokenizerConfig, LookupFreeQuantizer
 from train import PRESETS, train_image_tokenizer
 
@@ -119,3 +121,15 @@ def test_training_the_tokenizer_lowers_reconstruction_error():
         after = (trained.decode(trained.encode(pixels)) - pixels).pow(2).mean().item()
     assert after < 0.5 * before, f"reconstruction MSE {before:.3f} -> {after:.3f}"
     assert meter.flops("image tokenizer") > 0 and meter.stages["image tokenizer"]["seconds"] > 0
+
+
+def test_an_lfq_code_reaches_one_cell_around_its_own(capsys):
+    """`python evaluate.py reach` on the shipped tokenizer: a changed object changes the codes
+    of its own cells and of their neighbours, and hardly any further away."""
+    import evaluate
+    evaluate.main(["reach", "--ckpt", str(Path(__file__).resolve().parent.parent / "assets" / "tiny.pt")])
+    printed = capsys.readouterr().out
+    shares = {int(d): float(p) / 100 for d, p in re.findall(r"(\d+) cells from the change: +([\d.]+)%", printed)}
+    expect_equal(sorted(shares)[:3], [0, 1, 2], "distances measured", "cells at 0, 1, 2, ... cells from the change")
+    assert shares[0] > 0.8 and shares[1] > 0.3, f"codes that change at distance 0 and 1: {shares}"
+    assert max(share for d, share in shares.items() if d >= 2) < 0.1, f"codes that change further away: {shares}"

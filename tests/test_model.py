@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from explain import expect_close, expect_equal
+
 from model import IGNORE, MLP, QKNormAttention, ShowoConfig, apply_rotary, mtp_loss, ntp_loss, rotary_cos_sin
 
 

@@ -19,18 +19,17 @@ from PIL import Image
 
 import commands
 import sampling
-
 from attention import (lm_attention_mask, mmu_attention_mask, mmu_sequences, omni_attention_mask, picture_blocks,
                        t2i_attention_mask)
-from checkpoint import (RELEASED_QUESTION_TEMPLATE, RELEASED_SAMPLING, load_checkpoint,
-                        load_released_image_tokenizer, load_released_showo, main)
-from tensor_files import CheckpointError, read_weights, write_safetensors
-from model import ShowoConfig
-from tokenizer import SPECIAL_TOKENS
+from bpe import TextTokenizer
+from checkpoint import (RELEASED_QUESTION_TEMPLATE, RELEASED_SAMPLING, load_checkpoint, load_released_image_tokenizer,
+                        load_released_showo, main)
 from commands import phrase_question
+from model import ShowoConfig
 from sampling import (answer_questions, decode_tokens, generate_image_codes, guide, mask_schedule, next_token_function,
                       understanding_mask_of)
-from bpe import TextTokenizer
+from tensor_files import CheckpointError, read_weights, write_safetensors
+from tokenizer import SPECIAL_TOKENS
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "fixtures" / "official_tiny"
 TOLERANCE = 1e-4

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import data
+import readers
 import sampling
 import train
-import readers
 from model import Showo, ShowoConfig
 from readers import ContrastiveEncoder
 

@@ -6,20 +6,19 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 import torch.nn.functional as F
+from explain import expect_equal
+from PIL import Image
 
 import commands
 import sampling
 from attention import t2i_attention_mask, t2i_sequences
 from checkpoint import load_checkpoint
-from explain import expect_equal
-from tensor_files import CheckpointError
 from model import ShowoConfig
 from pictures import stitch_extension
 from sampling import (FullRecomputeT2I, decode_tokens, generate_image_codes, guide, mask_schedule, maskgit_step,
                       shift_codes)
+from tensor_files import CheckpointError
 
 
 @pytest.mark.lesson6

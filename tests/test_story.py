@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+import cli
 import data
 import sampling
-import train
-import cli
 import stories
-from stories import sentence_slots, story_attention_mask, story_sequence
+import train
 from model import IGNORE, Showo, ShowoConfig
+from stories import sentence_slots, story_attention_mask, story_sequence
 
 pytestmark = pytest.mark.lesson9   # COURSE.md: `python -m pytest -q -m lesson9` checks that lesson's exercise
 
@@ -227,10 +227,10 @@ def test_story_writes_the_strip_the_frames_and_the_sentences(story_checkpoint, t
     from PIL import Image
 
     out, folder = tmp_path / "story.png", tmp_path / "frames"
-    sampling.main(["--ckpt", str(story_checkpoint), "--story", "a red circle at the top left", "--frames", "3",
+    sampling.main(["--ckpt", str(story_checkpoint), "--story", "a red circle\nat the  top left", "--frames", "3",
                    "--out", str(out), "--out-dir", str(folder)])
-    lines = (folder / "story.txt").read_text().splitlines()
-    assert len(lines) == 3 and lines[0] == "a red circle at the top left"
+    lines = (folder / "story.txt").read_text().splitlines()     # one sentence a line, whatever the spacing given
+    assert len(lines) == 3 and lines[0] == "a red circle at the top left", lines
     frames = [np.asarray(Image.open(folder / f"frame_{k}.png")) for k in (1, 2, 3)]
     assert all(frame.shape == (32, 32, 3) for frame in frames)
     strip = np.asarray(Image.open(out).convert("RGB"))

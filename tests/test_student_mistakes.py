@@ -21,16 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-import model
-import readers
-import sampling
-import tokenizer
 import test_clip as clip_checks
 import test_fast_inference as cache_checks
 import test_image_tokenizer as lfq_checks
 import test_model as loss_checks
 import test_sampling as maskgit_checks
+
+import model
+import readers
+import sampling
+import tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,18 +11,18 @@ import pytest
 import torch
 from PIL import Image
 
+import cli
+import commands
 import data
 import evaluate
 import train
-import cli
-import commands
 from attention import mmu_attention_mask, mmu_sequences
 from checkpoint import load_checkpoint
-from evaluate import ComputeMeter
-from model import IGNORE, Showo, ShowoConfig, mtp_loss, ntp_loss
 from commands import TrainingState
 from distributed import Process
-from train import MixedBatches, MixedForward, PRESETS, learning_rate, mixed_loss, model_config, train_transformer
+from evaluate import ComputeMeter
+from model import IGNORE, Showo, ShowoConfig, mtp_loss, ntp_loss
+from train import PRESETS, MixedBatches, MixedForward, learning_rate, mixed_loss, model_config, train_transformer
 
 ROOT = Path(__file__).resolve().parent.parent
 
