@@ -119,7 +119,14 @@ def swap_in_exercise(path):
 
 
 EXERCISE = os.environ.get("SHOWO_EXERCISE")
-SWAPPED = swap_in_exercise(EXERCISE) if EXERCISE else []
+SWAPPED = []
+
+
+def pytest_configure(config):
+    """Swap the student's versions in before any test module is imported (a UsageError here
+    is one line, `ERROR: ...`, where one raised while conftest loads would be a traceback)."""
+    if EXERCISE:
+        SWAPPED[:] = swap_in_exercise(EXERCISE)
 
 
 @pytest.fixture(autouse=True)
