@@ -140,6 +140,24 @@ def exercise_time_limit():
         signal.alarm(0)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test that CRASHED inside the student's code (not an assertion that failed) reports
+    the crash as one line that names the student's function and line, not torch's frames."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (SWAPPED and report.failed and call.excinfo) or call.excinfo.errisinstance(AssertionError):
+        return
+    theirs = [frame for frame in traceback.extract_tb(call.excinfo.tb)
+              if os.path.abspath(frame.filename) == os.path.abspath(EXERCISE)]
+    if theirs:
+        error = call.excinfo.value
+        message = str(error).splitlines()[0] if str(error) else ""
+        report.longrepr = (f"E   {type(error).__name__} in your {theirs[-1].name} ({EXERCISE}, line "
+                           f"{theirs[-1].lineno}: `{theirs[-1].line}`): {message}\n"
+                           f"E   (from {item.nodeid}: read the contract in your exercise file)")
+
+
 def pytest_terminal_summary(terminalreporter):
     if SWAPPED:
         terminalreporter.write_line(f"exercise: testing {', '.join(SWAPPED)} from {EXERCISE} "

@@ -26,11 +26,16 @@ def shown(value, limit=12):
 
 
 def expect_equal(got, want, what, idea):
-    """got == want (tensors: same shape and values), else: 'WHAT: got G, expected W: IDEA'."""
-    if isinstance(want, torch.Tensor):
-        same = isinstance(got, torch.Tensor) and got.shape == want.shape and torch.equal(got.to(want.dtype), want)
-    else:
-        same = got == want
+    """got == want (tensors: same shape and values), else: 'WHAT: got G, expected W: IDEA',
+    where for two large tensors of one shape G and W are their first differing entries."""
+    if isinstance(want, torch.Tensor) and isinstance(got, torch.Tensor) and got.shape == want.shape:
+        differ = torch.nonzero(got.to(want.dtype) != want)
+        if len(differ):
+            where = tuple(int(i) for i in differ[0])
+            raise AssertionError(f"{what}: {len(differ)} of {want.numel()} entries differ, the first at {where}: "
+                                 f"got {shown(got[where])}, expected {shown(want[where])}: {idea}")
+        return
+    same = not isinstance(want, torch.Tensor) and got == want
     assert same, f"{what}: got {shown(got)}, expected {shown(want)}: {idea}"
 
 

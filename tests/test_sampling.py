@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from explain import expect_equal
+from explain import expect_equal, explaining
 from PIL import Image
 
 import commands
@@ -43,7 +43,9 @@ def test_each_step_leaves_the_scheduled_number_of_masks(micro):
     left = []
     for step in range(8):
         logits = torch.randn(3, 64, cfg.codebook_size, generator=gen)
-        codes, tokens = maskgit_step(tokens, logits, step, 8, cfg, generator=gen)
+        with explaining(f"step {step + 1} of 8: floor(64 * cos(pi/2 * (step + 1) / 8)) stay masked, "
+                        f"n_mask clamped to at least 1 and fewer than are unknown"):
+            codes, tokens = maskgit_step(tokens, logits, step, 8, cfg, generator=gen)
         left.append((tokens == cfg.mask_token_id).sum(1).tolist())
         expect_equal(bool(((codes >= 0) & (codes < cfg.codebook_size)).all()), True, f"codes at step {step}",
                      "codes are image code ids 0 ... K-1 (the token id minus image_offset)")

@@ -180,13 +180,17 @@ def test_cached_and_naive_stories_give_the_same_tokens(given_first_frame):
         assert torch.equal(codes[:, 0], first)
 
 
-def test_a_story_frame_is_drawn_with_guidance():
+def test_a_story_frame_is_drawn_with_guidance(monkeypatch):
     """One MaskGIT step by hand: the told and the untold story through the full network,
     guided (Eq. 12), then maskgit_step with the same random numbers."""
     torch.manual_seed(2)
     model = Showo(CFG).eval()
     settings = {"steps": 1, "guidance": 2.0, "temperature": 1.0}
     prompt = torch.tensor([story_sequence([[5, 6]], [], CFG), story_sequence([[]], [], CFG)])
+    seen = []                               # the logits the MaskGIT loop is given for the blank frame
+    real_maskgit = stories.maskgit
+    monkeypatch.setattr(stories, "maskgit", lambda frame_logits, tokens, *rest: seen.append(frame_logits(tokens))
+                        or real_maskgit(frame_logits, tokens, *rest))
     codes = stories.draw_frame(stories.StorySoFar(model, prompt), settings, torch.Generator().manual_seed(3))
     blank = [CFG.mask_token_id] * CFG.num_vq_tokens
     ids = torch.tensor([story_sequence([[5, 6]], [blank], CFG), story_sequence([[]], [blank], CFG)])
@@ -194,6 +198,8 @@ def test_a_story_frame_is_drawn_with_guidance():
         logits = model(ids, story_attention_mask(ids, CFG.pad_id, CFG.soi_id, CFG.eoi_id))
     image = logits[:, -(CFG.num_vq_tokens + 1):-1, CFG.image_offset:CFG.image_offset + CFG.codebook_size]
     guided = sampling.guide(image[:1], image[1:], 2.0)
+    assert torch.allclose(seen[0], guided, atol=1e-4), ("a story frame must be drawn from the guided logits "
+                                                        "(1 + w) cond - w uncond of the told and the untold story")
     expected, _ = sampling.maskgit_step(torch.tensor([blank]), guided, 0, 1, CFG, 1.0, torch.Generator().manual_seed(3))
     assert torch.equal(codes, expected)
 
@@ -211,6 +217,23 @@ def test_the_cache_never_runs_a_token_twice():
     frame = CFG.num_vq_tokens + 2
     # every token of the story (all but the last frame) once, and each step's frame against the cache
     assert sum(rows) == story_length + frames * steps * frame
+
+
+def test_every_finished_frame_joins_the_story(monkeypatch):
+    """What the story holds once written: its tokens up to the last frame, every earlier
+    frame included, so each sentence is written after (and about) the frame before it."""
+    torch.manual_seed(1)
+    held = []
+    real_append = stories.StorySoFar.append
+    monkeypatch.setattr(stories.StorySoFar, "append", lambda self, new: held.append(new.shape[1]) or
+                        real_append(self, new))
+    frames = 3
+    stories.generate_stories(Showo(CFG).eval(), [[5, 6]], frames, {"steps": 2, "guidance": 0, "temperature": 1.0},
+                             torch.Generator().manual_seed(0))
+    story_length = 1 + frames * (CFG.max_text_len + CFG.num_vq_tokens + 2) - (CFG.num_vq_tokens + 2)
+    assert sum(held) == story_length, (f"the story holds {sum(held)} tokens after {frames} frames, expected "
+                                       f"{story_length}: a finished frame must join the story (append), not only "
+                                       f"be looked at (peek)")
 
 
 # ---- the command line: python sampling.py --story ... ---------------------------------------

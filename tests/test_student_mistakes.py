@@ -21,16 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import test_clip as clip_checks
-import test_fast_inference as cache_checks
-import test_image_tokenizer as lfq_checks
-import test_model as loss_checks
-import test_sampling as maskgit_checks
 
-import model
-import readers
-import sampling
-import tokenizer
+if __name__ == "__main__":      # run as a script: the project's modules sit one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import model                    # noqa: E402
+import readers                  # noqa: E402
+import sampling                 # noqa: E402
+import test_clip as clip_checks                 # noqa: E402
+import test_fast_inference as cache_checks      # noqa: E402
+import test_image_tokenizer as lfq_checks       # noqa: E402
+import test_model as loss_checks                # noqa: E402
+import test_sampling as maskgit_checks          # noqa: E402
+import tokenizer                # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -216,4 +219,4 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as folder:
         for mistake in MISTAKES:
             caught, line = through_the_lesson_check(mistake, folder)
-            print(f"| {mistake.lesson} | {mistake.what} | {'yes' if caught else 'NO'} | {line[:160]} |", flush=True)
+            print(f"| {mistake.lesson} | {mistake.what} | {'yes' if caught else 'NO'} | {line[:400]} |", flush=True)
