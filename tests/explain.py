@@ -59,4 +59,4 @@ def explaining(idea):
         raise
     except Exception as error:      # the student's code crashed: say where it hurts, not only how
         message = str(error).splitlines()[0] if str(error) else ""
-        raise AssertionError(f"{type(error).__name__}: {message}: {idea}") from error
+        raise AssertionError(f"{type(error).__name__}: {message}: {idea}") from None
