@@ -107,6 +107,32 @@ def test_clip_preprocessing_normalises_per_channel(size, tmp_path):
 
 
 @pytest.mark.lesson10
+def test_clip_preprocessing_rounds_the_longer_side_down(tmp_path):
+    """The longer side becomes floor(resize_to * long / short), as CLIP's processor computes
+    it: 20 * 61 / 24 = 50.83 -> 50 (rounding would give 51, and a crop one pixel off)."""
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 256, (24, 61, 3), dtype=np.uint8)
+    Image.fromarray(picture).save(tmp_path / "wide.png")
+    mean, std = torch.tensor(SMALL.image_mean)[:, None, None], torch.tensor(SMALL.image_std)[:, None, None]
+
+    def prepared(width, resample=Image.Resampling.BICUBIC):
+        resized = np.asarray(Image.fromarray(picture).resize((width, 20), resample))
+        left = (width - 20) // 2
+        return ((torch.from_numpy(resized[:, left:left + 20].copy()).permute(2, 0, 1).float() / 255) - mean) / std
+    got = clip_pixels(tmp_path / "wide.png", SMALL)[0]
+    known_mistakes = {
+        "these are the pixels of a resize to 51 x 20: the longer side is int(20 * 61 / 24) = 50, rounded down":
+            prepared(51),
+        "these are the pixels of a BILINEAR resize: CLIP resizes with Image.Resampling.BICUBIC":
+            prepared(50, Image.Resampling.BILINEAR),
+        "the picture was squashed to 20 x 20: resize the SHORTER side to 20, keeping the aspect ratio, then cut "
+        "the centre": prepared(20)}
+    hint = next((why for why, pixels in known_mistakes.items() if torch.allclose(got, pixels, atol=1e-5)),
+                "resize to 50 x 20 (bicubic, the longer side rounded down), then cut the centre 20 x 20")
+    expect_close(got, prepared(50), "the pixels of a 61 x 24 picture", hint)
+
+
+@pytest.mark.lesson10
 @pytest.mark.parametrize("landscape", [True, False])
 def test_clip_preprocessing_resizes_the_shorter_side_and_cuts_the_centre(landscape, tmp_path):
     """A picture in three bands along its long side: red, green, blue. The shorter side
@@ -130,29 +156,6 @@ def test_clip_preprocessing_resizes_the_shorter_side_and_cuts_the_centre(landsca
     expect_equal(bool(red[0] > 0.02 and abs(float(red[0] - blue[-1])) < 0.01), True,
                  f"the crop's two edges (red {red[0]:.3f}, blue {blue[-1]:.3f})",
                  "centred: the red and the blue band bleed in alike at the two edges")
-
-
-@pytest.mark.lesson10
-def test_clip_preprocessing_rounds_the_longer_side_down(tmp_path):
-    """The longer side becomes floor(resize_to * long / short), as CLIP's processor computes
-    it: 20 * 61 / 24 = 50.83 -> 50 (rounding would give 51, and a crop one pixel off)."""
-    rng = np.random.default_rng(0)
-    picture = rng.integers(0, 256, (24, 61, 3), dtype=np.uint8)
-    Image.fromarray(picture).save(tmp_path / "wide.png")
-    mean, std = torch.tensor(SMALL.image_mean)[:, None, None], torch.tensor(SMALL.image_std)[:, None, None]
-
-    def prepared(width, resample):
-        resized = np.asarray(Image.fromarray(picture).resize((width, 20), resample))
-        left = (width - 20) // 2
-        return ((torch.from_numpy(resized[:, left:left + 20].copy()).permute(2, 0, 1).float() / 255) - mean) / std
-    got = clip_pixels(tmp_path / "wide.png", SMALL)[0]
-    if torch.allclose(got, prepared(51, Image.Resampling.BICUBIC), atol=1e-5):
-        hint = "these are the pixels of a resize to 51 x 20: the longer side is int(20 * 61 / 24) = 50, rounded down"
-    elif torch.allclose(got, prepared(50, Image.Resampling.BILINEAR), atol=1e-5):
-        hint = "these are the pixels of a BILINEAR resize: CLIP resizes with Image.Resampling.BICUBIC"
-    else:
-        hint = "resize to 50 x 20 (bicubic, the longer side rounded down), then cut the centre 20 x 20"
-    expect_close(got, prepared(50, Image.Resampling.BICUBIC), "the pixels of a 61 x 24 picture", hint)
 
 
 @pytest.mark.lesson10
