@@ -540,9 +540,13 @@ def check_bench_arguments(args):
             raise UsageError(f"--mtp-steps {args.mtp_steps}: every step count must be at least 1")
         for flag, path in (("--mtp", args.mtp), ("--ar", args.ar)):
             try:
-                read_checkpoint_file(path)                # its header: both arms open before any timing
+                extra = read_checkpoint_file(path)["extra"]      # its header: both arms open before any timing
             except CheckpointError as error:
                 raise UsageError(f"{flag}: {error}") from None
+            objective = extra.get("image_objective", "mtp")
+            if objective != flag[2:]:
+                raise UsageError(f"{flag} {path} draws with image_objective {objective}: give a checkpoint of "
+                                 f"train.py --image-objective {flag[2:]}")
 
 
 def bench_command(argv=None):
