@@ -375,8 +375,6 @@ def check_sampling_arguments(args):
         raise UsageError("--story is empty: give the first frame's sentence, e.g. --story \"a red circle at the top left\"")
     if args.frames is not None and args.story is None:
         raise UsageError("--frames is the length of a story: give --story TEXT too")
-    if args.story is not None and args.sample:
-        raise UsageError("--story always samples its sentences (at temperature 1): drop --sample")
     if args.story is not None and (args.question is not None or args.prompt or args.prompts_file or args.mask
                                    or args.extend or args.film):
         raise UsageError("--story writes and draws a story on its own: drop --question / --prompt / --prompts-file "
@@ -444,7 +442,8 @@ def sampling_command(argv=None):
                         "answers: sampling temperature with --sample or --top-k (default 1)")
     p.add_argument("--top-k", type=int, help="answers, and pictures of an autoregressive checkpoint: sample "
                                              "from the k most likely tokens")
-    p.add_argument("--sample", action="store_true", help="answers: sample instead of greedy")
+    p.add_argument("--sample", action="store_true",
+                   help="answers and a story's sentences: sample (at temperature 1) instead of greedy")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

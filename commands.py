@@ -367,7 +367,8 @@ def tell(session, opening, frames, image_path=None):
     settings.update({name: getattr(session.args, name) for name in ("steps", "guidance", "temperature")
                      if getattr(session.args, name) is not None})
     codes, written = generate_stories(session.model, [ids], frames, settings, session.generator, first,
-                                      session.args.naive, progress=True)
+                                      session.args.naive, text_temperature=1.0 if session.args.sample else 0.0,
+                                      progress=True)
     # one line each (story.txt has a sentence a line): any run of whitespace becomes one space
     sentences = [" ".join(opening.split())] + [" ".join(session.text_tokenizer.decode(s).split())
                                                for s in written[0]]

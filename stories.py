@@ -442,13 +442,14 @@ def write_sentence(story, hidden, temperature, generator, silent):
 
 @torch.no_grad()
 def generate_stories(model, openings_ids, frames, settings, generator=None, first_codes=None, naive=False,
-                     text_temperature=1.0, progress=False):
+                     text_temperature=0.0, progress=False):
     """B stories of `frames` frames from their opening sentences -> (codes (B, F, N), B lists
     of the F - 1 sentences written, as id lists).
 
     first_codes: optional (B, N) codes of a given first frame (drawn otherwise). settings:
-    {"steps", "guidance", "temperature"} of MaskGIT. Sentences are sampled at
-    text_temperature (0: greedy). naive: recompute the whole story at every step
+    {"steps", "guidance", "temperature"} of MaskGIT. Sentences are greedy by default
+    (text_temperature 0), else sampled at text_temperature: greedy writes valid sentences
+    far more often (docs/experiments.md, "Stories"). naive: recompute the whole story at every step
     (StorySoFar). With guidance, B more rows tell the same stories without words.
     """
     cfg = model.cfg

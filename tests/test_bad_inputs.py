@@ -134,7 +134,6 @@ CASES = [
     ("sampling", [*Q, "what color is the circle?", "--story", "a red circle"], "drop --question"),
     ("sampling", ["--ckpt", "{story}", "--prompt", "a red circle", "--frames", "3"], "give --story"),
     ("sampling", ["--ckpt", "{story}", "--story", "  "], "--story is empty"),
-    ("sampling", ["--ckpt", "{story}", "--story", "a red circle", "--sample"], "drop --sample"),
     ("sampling", ["--ckpt", "{story}", "--story", "a red circle " * 20], "shorten it"),
     ("sampling", ["--ckpt", "{story}", "--story", "a red circle", "--image", "{textpng}"], "cannot read image"),
     ("sampling", ["--ckpt", "{story}", "--story", "a red circle", "--out", "{tmp}/story.txt"], "ending in"),
