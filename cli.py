@@ -17,8 +17,8 @@ Read first: README.md (every command, with examples).
 
 import argparse
 import math
-import signal
 import os
+import signal
 import sys
 import tempfile
 from contextlib import contextmanager, nullcontext
@@ -31,7 +31,7 @@ import bench
 import data
 import evaluate
 from checkpoint import DEFAULT_SETTINGS, DTYPES, SETTING_LIMITS, convert, read_checkpoint_file
-from commands import sample, train_run
+from commands import config_from_dict, sample, train_run
 from distributed import Process
 from model import ShowoConfig, parameter_report
 from pictures import MASK_NAMES, mask_examples, mask_picture, save_picture, show_mask
@@ -207,6 +207,8 @@ def check_recipe(tc):
         raise UsageError(f"image_objective = {tc.image_objective!r}: choose mtp (Show-o) or ar")
     if tc.mmu_features not in MMU_FEATURES:
         raise UsageError(f"mmu_features = {tc.mmu_features!r}: choose one of {', '.join(MMU_FEATURES)}")
+    # A kind of row trains something only if the batch holds some and its loss counts: a
+    # recipe where no kind does would run for hours and learn nothing.
     trained = {"t2i": tc.batch_t2i and tc.loss_t2i, "mmu": tc.batch_mmu and tc.loss_mmu,
                "lm": tc.batch_lm and tc.loss_lm, "story": tc.batch_story and (tc.loss_t2i or tc.loss_mmu)}
     if not any(trained.values()):
@@ -214,6 +216,8 @@ def check_recipe(tc):
                          "weight above 0 (loss_t2i, loss_mmu, loss_lm): nothing would be trained")
     if tc.min_lr > tc.lr:
         raise UsageError(f"min_lr = {tc.min_lr} is above lr = {tc.lr}: the schedule decays from lr to min_lr")
+    # Rotary embedding turns the first half of each head (Phi's partial_rotary_factor 0.5),
+    # itself split in two halves (rotate-half): the head size must be a multiple of 4.
     if tc.hidden_size % tc.num_heads or (tc.hidden_size // tc.num_heads) % 4:
         raise UsageError(f"hidden_size {tc.hidden_size} / num_heads {tc.num_heads}: the head size "
                          f"must be a whole multiple of 4 (rotary embedding)")
@@ -230,6 +234,7 @@ def check_recipe(tc):
     if not 1 <= len(tc.vq_ch_mult) <= 6 or min(tc.vq_ch_mult) < 1 or max(tc.vq_ch_mult) > 64:
         raise UsageError(f"vq_ch_mult {','.join(map(str, tc.vq_ch_mult))}: give 1 to 6 width "
                          f"multipliers, each from 1 to 64 (e.g. 1,2,4)")
+    # Each level after the first halves the picture: the code grid must come out whole.
     if data.IMAGE_SIZE % 2 ** (len(tc.vq_ch_mult) - 1):
         raise UsageError(f"vq_ch_mult {tc.vq_ch_mult}: {len(tc.vq_ch_mult) - 1} halvings do not "
                          f"divide {data.IMAGE_SIZE} px")
@@ -262,6 +267,8 @@ def override(tc, assignments):
 
 
 def parse_train_args(argv):
+    """The options of train.py. Every field of TrainConfig is reachable through --set, so the
+    parser stays small; --seed, --steps and --image-objective are the shorthands people use."""
     p = argparse.ArgumentParser(description="Train a small Show-o (tokenizers + transformer).")
     p.add_argument("--tiny", action="store_true", help="the ~10 minute CPU recipe (the default preset)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
@@ -305,6 +312,13 @@ def check_train_arguments(args, tc, path):
                          "drop --set/--seed/--steps/--image-objective")
     if args.resume and not path.exists():
         raise UsageError(f"nothing to resume: {path} does not exist (start without --resume)")
+    if args.resume:                     # the recipe a resumed run goes on with is the stored one: check it too
+        stored = read_checkpoint_file(path)["extra"].get("train_config")
+        if stored is not None:
+            try:
+                check_recipe(config_from_dict(stored))
+            except UsageError as error:
+                raise UsageError(f"{path} stores a recipe no run can use ({error}): start a new run") from None
     if args.init and args.tokenizers_from:
         raise UsageError("--init already brings its tokenizers: drop --tokenizers-from")
     if args.out_dir.exists() and not args.out_dir.is_dir():
@@ -319,6 +333,8 @@ def train_command(argv=None):
     progress, process = {}, None
 
     def interrupted():
+        # Ctrl-C: say what is on disk. The checkpoint holds the last finished step (saved
+        # every save_every steps and on the way out), so a resume loses nothing.
         state = progress.get("state")
         if state and state.step:
             return (f"interrupted: step {state.step} of {state.tc.steps} saved in {progress['path']}; continue "
@@ -332,6 +348,8 @@ def train_command(argv=None):
         path = args.out_dir / f"{preset}.pt"
         progress.update(path=path, preset=preset)
         check_train_arguments(args, tc, path)
+        # Only now the process group (torchrun) and the folder lock: a refused command starts
+        # nothing and leaves nothing behind.
         process = Process(pick_device(args.device))
         try:
             with one_writer(args.out_dir) if process.main else nullcontext():
@@ -360,12 +378,20 @@ LIMITS = {
 
 
 def check_sampling_arguments(args):
-    """Every option checked, each with a one-line message, before the checkpoint is loaded."""
+    """Every option checked, each with a one-line message, before the checkpoint is loaded.
+
+    Order matters to the user, not to the code: numbers first, then what each task needs
+    (one task a command: draw, film, inpaint, extend, ask or tell), then the files read,
+    then the places written. A 1.4B checkpoint takes a minute to load; a mistake found
+    after that minute, or after the pictures are drawn, wastes it.
+    """
+    # numbers: in range and finite (NaN passes every comparison but `isfinite`)
     for name, (low, high, meaning) in LIMITS.items():
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and low <= value <= high):
             flag = "--" + name.replace("_", "-")
             raise UsageError(f"{flag} {value}: the {meaning} must be a number in [{low:g}, {high:g}]")
+    # texts: an empty one is never what was meant
     if args.question is not None and not args.question.strip():
         raise UsageError("--question is empty: ask something, e.g. --question \"what color is the circle?\"")
     if any(not prompt.strip() for prompt in args.prompt or []):
@@ -373,6 +399,7 @@ def check_sampling_arguments(args):
                          "prompt, which guidance uses; it is not a task of its own)")
     if args.story is not None and not args.story.strip():
         raise UsageError("--story is empty: give the first frame's sentence, e.g. --story \"a red circle at the top left\"")
+    # which task: each flag belongs to one, and two tasks at once are refused, not half-done
     if args.frames is not None and args.story is None:
         raise UsageError("--frames is the length of a story: give --story TEXT too")
     if args.story is not None and (args.question is not None or args.prompt or args.prompts_file or args.mask
@@ -392,6 +419,7 @@ def check_sampling_arguments(args):
         raise UsageError("give --mask or --extend, not both")
     if args.film and (args.image or args.out_dir):
         raise UsageError("--film draws one text-to-image film strip: drop --image / --mask / --extend / --out-dir")
+    # what is read must exist; where we write must take a new file (probed, see check_writable_folder)
     for path in (args.image, args.mask, args.prompts_file):
         if path and not Path(path).is_file():
             raise UsageError(f"{path} not found" + (" (it is a folder)" if Path(path).is_dir() else ""))
@@ -405,6 +433,7 @@ def check_sampling_arguments(args):
 
 
 def prompts_of(args):
+    """The captions to draw: every --prompt, then the non-empty lines of --prompts-file."""
     prompts = list(args.prompt or [])
     if args.prompts_file:
         try:
@@ -452,6 +481,8 @@ def sampling_command(argv=None):
     args = p.parse_args(argv)
 
     def job():
+        # Options, then the output's place (probed by writing there), then the model: all
+        # that can be refused is refused before the checkpoint is read.
         check_sampling_arguments(args)
         prompts = prompts_of(args) if args.story is None and args.question is None else []
         out = None if args.question is not None else check_output(

@@ -74,6 +74,10 @@ class TrainingState:
     readers: dict = None                # trained feature readers (the contrastive encoder's weights)
 
     def extra(self):
+        """What save_checkpoint stores besides the networks. Three readers use it: sampling.py
+        (the settings to draw with, the question template, what the model can do), evaluate.py
+        (the recipe it was scored with) and --resume (the step, the optimizer, the data, the
+        readers, so that a resumed run continues exactly where it stopped)."""
         settings = sampling_settings(self.tc)
         return {"sampling": {task: settings for task in TASKS}, "question_template": "{question}",
                 "image_objective": self.tc.image_objective, "stories": self.tc.batch_story > 0,
@@ -206,6 +210,8 @@ def train_run(args, preset, tc, path, process, progress):
                                               shapes_world=not state.data_dir)
     reader = picture_reader(tc, vq, text_tokenizer, training_data, process, state)
     width = reader(training_data[0][:1]).shape[-1] if reader else 0
+    # A fresh model is sized by the recipe and the tokenizers (vocabulary, code grid); one
+    # from --init or --resume keeps its own sizes. Training always runs in float32.
     model = (model or Showo(model_config(tc, text_tokenizer, vq, width))).to(process.device).float()
     cfg = model.cfg
     say(process, f"transformer: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
@@ -213,7 +219,8 @@ def train_run(args, preset, tc, path, process, progress):
                  f"{cfg.codebook_size} image + [MASK], {cfg.num_vq_tokens} image tokens per picture"
                  + (f"; resuming at step {state.step} of {tc.steps}" if state.step else ""))
 
-    # Stage 3. Only the main process writes checkpoints and scores.
+    # Stage 3. Only the main process writes checkpoints and scores: under torchrun every
+    # process holds the same weights (DDP averages the gradients), so one copy is enough.
     scored = process.main and not args.no_eval and not state.data_dir
     save = partial(save_run, path, model, vq, text_tokenizer) if process.main else None
     score = partial(record_scores, model, vq, text_tokenizer, state, reader) if scored else None
@@ -261,6 +268,8 @@ class Session:
     """A loaded checkpoint and the settings of one command: what every task below needs."""
 
     def __init__(self, args, device):
+        """Load the checkpoint once for the whole command: the transformer in bf16 on CUDA
+        (its released precision), the image tokenizer always in float32."""
         self.args, self.device = args, device
         dtype = torch.bfloat16 if device == "cuda" else None
         self.model, self.vq, self.text_tokenizer, self.extra = load_checkpoint(args.ckpt, device, dtype)
@@ -300,7 +309,7 @@ def film(session, prompt):
     """Text-to-image for one prompt, every step kept: the film strip of MaskGIT decoding."""
     frames, masked = [], []
 
-    def keep(codes, still_masked):
+    def keep(codes, still_masked):      # maskgit's on_step: each step's guess and what stays masked
         frames.append(codes.clone())
         masked.append(still_masked.clone())
     session.paint("t2i", [prompt], on_step=keep)

@@ -11,12 +11,14 @@ train.py trains; this file measures, so that the recipe there reads top to botto
    pictures come from `evaluation_prompts` / `evaluation_pictures`, seeded apart from
    training, so every tool (train.py, bench.py, `python evaluate.py scores`) scores the
    same draws.
-3. Pictures of a run: the sample grid and the loss / score curves (PIL only).
-4. Looking inside the tokenizers (tokenizer.py): `python evaluate.py bpe "a red circle"`
-   learns a BPE on shapes-world texts and shows its first merges; `python evaluate.py lfq
-   --ckpt out/tiny.pt` draws pictures, their LFQ codes and their reconstructions;
-   `python evaluate.py probe --ckpt out/tiny.pt` measures what a linear read-out finds in
-   the codes against the continuous features they quantize (COURSE.md lesson 10).
+3. The sample grid of a run (the figures themselves are drawn in pictures.py).
+4. Looking inside the tokenizers (bpe.py, tokenizer.py): `python evaluate.py bpe "a red
+   circle"` learns a BPE on shapes-world texts and shows its first merges; `python
+   evaluate.py lfq --ckpt out/tiny.pt` draws pictures, their LFQ codes and their
+   reconstructions; `python evaluate.py probe --ckpt out/tiny.pt` measures what a linear
+   read-out finds in the codes against the continuous features they quantize (COURSE.md
+   lesson 10); `python evaluate.py reach --ckpt out/tiny.pt` how far a code's value reaches
+   beyond its own cell (docs/experiments.md, "Stories").
 
     python evaluate.py scores --ckpt out/tiny.pt      # the held-out scores of a checkpoint
 
@@ -266,7 +268,7 @@ def report_image_tokenizer(vq, examples, device):
 
 
 # ----------------------------------------------------------------------------------------
-# 3. Pictures of a run: samples and curves (drawn with PIL, no plotting library)
+# 3. The sample grid of a run (pictures.py draws it, and the curves)
 # ----------------------------------------------------------------------------------------
 
 SAMPLE_PROMPTS = ["a red circle in the center", "a blue square at the top left",
@@ -285,7 +287,7 @@ def sample_grid(model, vq, text_tokenizer, scoring):
 
 
 # ----------------------------------------------------------------------------------------
-# 4. Looking inside the tokenizers: python evaluate.py bpe ... / lfq ... / probe ...
+# 4. Looking inside the tokenizers: python evaluate.py bpe ... / lfq ... / probe ... / reach ...
 # ----------------------------------------------------------------------------------------
 
 def show_bpe(text, vocab_size=512):

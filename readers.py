@@ -310,41 +310,39 @@ def train_contrastive_encoder(tc, training_data, text_tokenizer, process, meter,
     return encoder.eval()
 
 
-def picture_reader(tc, vq, text_tokenizer, training_data, process, state):
-    """What understanding rows read instead of codes (mmu_features): None for codes, else
-    uint8 pictures -> (B, N, C) continuous features.
-
-    The contrastive encoder is trained once per run: its weights join the run's state
-    (state.readers), so a resumed run reads through the very encoder it started with."""
-    if tc.mmu_features == "codes":
-        return None
-    if tc.mmu_features == "lfq_continuous":
-        return partial(picture_features, vq.encoder, device=process.device)
-    if "contrastive" in state.readers:
-        encoder = ContrastiveEncoder(len(text_tokenizer)).to(process.device)
-        encoder.load_state_dict(state.readers["contrastive"])
-    else:
-        encoder = train_contrastive_encoder(tc, training_data, text_tokenizer, process, state.meter)
-        state.readers["contrastive"] = {k: v.cpu() for k, v in encoder.state_dict().items()}
-    return partial(picture_features, encoder.eval().features, device=process.device)
-
-
-def stored_reader(extra, vq, text_tokenizer, device):
-    """picture_reader for a trained checkpoint: None for codes, else what its understanding
-    reads, rebuilt from the checkpoint (the LFQ encoder, or the contrastive encoder stored
-    with the run). ValueError for a contrastive checkpoint that does not hold its encoder."""
-    features = extra.get("mmu_features", "codes")
+def feature_reader(features, vq, contrastive_weights, vocab_size, device):
+    """The reader of one `mmu_features` choice: None for codes, else uint8 pictures -> (B, N, C)
+    continuous features, through the LFQ encoder or the contrastive encoder of these weights."""
     if features == "codes":
         return None
     if features == "lfq_continuous":
         return partial(picture_features, vq.encoder, device=device)
+    encoder = ContrastiveEncoder(vocab_size).to(device)
+    encoder.load_state_dict(contrastive_weights)
+    return partial(picture_features, encoder.eval().features, device=device)
+
+
+def picture_reader(tc, vq, text_tokenizer, training_data, process, state):
+    """What a run's understanding rows read instead of codes (tc.mmu_features).
+
+    The contrastive encoder is trained once per run: its weights join the run's state
+    (state.readers), so a resumed run reads through the very encoder it started with."""
+    if tc.mmu_features == "contrastive" and "contrastive" not in state.readers:
+        encoder = train_contrastive_encoder(tc, training_data, text_tokenizer, process, state.meter)
+        state.readers["contrastive"] = {k: v.cpu() for k, v in encoder.state_dict().items()}
+    return feature_reader(tc.mmu_features, vq, state.readers.get("contrastive"), len(text_tokenizer),
+                          process.device)
+
+
+def stored_reader(extra, vq, text_tokenizer, device):
+    """The reader of a trained checkpoint, rebuilt from what it stores. ValueError for a
+    contrastive checkpoint that does not hold its encoder."""
+    features = extra.get("mmu_features", "codes")
     stored = extra.get("train_state", {}).get("readers", {}).get("contrastive")
-    if stored is None:
+    if features == "contrastive" and stored is None:
         raise ValueError("it understands through the contrastive encoder of its training run, which this "
                          "checkpoint does not hold: retrain it, or ask a codes or lfq_continuous checkpoint")
-    encoder = ContrastiveEncoder(len(text_tokenizer)).to(device)
-    encoder.load_state_dict(materialize(stored))
-    return partial(picture_features, encoder.eval().features, device=device)
+    return feature_reader(features, vq, materialize(stored), len(text_tokenizer), device)
 
 
 @torch.no_grad()

@@ -318,3 +318,16 @@ def test_resume_keeps_the_data_the_run_was_started_on(monkeypatch, capsys, tmp_p
     assert code is None and used == [str(folder)]
     extra = checkpoint.load_checkpoint(tmp_path / "out" / "micro.pt")[3]
     assert extra["train_state"]["step"] == 5 and extra["train_state"]["data_dir"] == str(folder)
+
+
+def test_resuming_a_run_whose_stored_recipe_was_edited_is_one_line(files, capsys, tmp_path):
+    """A resumed run goes on with the recipe its checkpoint stores: that recipe is held to
+    the same table as the command line's (cli.check_recipe)."""
+    (tmp_path / "edited").mkdir()
+    blob = torch.load(files["ckpt"], map_location="cpu", weights_only=True)
+    blob["extra"]["train_config"]["lr"] = float("nan")
+    torch.save(blob, tmp_path / "edited" / "micro.pt")
+    code, message = run_cli("train", ["--preset", "micro", "--resume", "--out-dir", str(tmp_path / "edited")],
+                            files, capsys)
+    assert code not in (None, 0) and "Traceback" not in message, message
+    assert "stores a recipe no run can use (lr = nan: must be a finite number" in message, message
