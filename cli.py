@@ -7,7 +7,7 @@ layer turns them into `error: ...`. Each script's `main` lands here:
 
     python train.py --tiny                 train_command
     python sampling.py --ckpt ...          sampling_command (the work of each task: commands.py)
-    python evaluate.py scores|bpe|lfq|probe   evaluate_command
+    python evaluate.py scores|bpe|...|reach  evaluate_command
     python bench.py inference|loading|compare bench_command
     python checkpoint.py convert ...       checkpoint_command
     python model.py / python attention.py  model_command / attention_command
