@@ -176,7 +176,7 @@ TRAIN_RANGES = {
     "seed": (0, 2 ** 63 - 1), "train_scenes": (1, 10 ** 7), "eval_draws": (1, 100),
     "eval_prompts": (0, 10 ** 5), "eval_scenes": (0, 10 ** 5), "bpe_vocab_size": (257, 2 ** 16),
     "vq_z_channels": (1, 16), "vq_ch": (1, 1024), "vq_groups": (1, 1024), "vq_steps": (1, 10 ** 7),
-    "vq_batch": (1, 10 ** 5), "vq_lr": (1e-9, 1.0), "hidden_size": (4, 16384), "num_layers": (1, 256),
+    "vq_batch": (1, 10 ** 5), "vq_lr": (1e-9, 1.0), "vq_local_window": (0, 1024), "hidden_size": (4, 16384), "num_layers": (1, 256),
     "num_heads": (1, 256), "max_text_len": (4, 1024), "steps": (1, 10 ** 8), "batch_t2i": (0, 10 ** 5),
     "batch_mmu": (0, 10 ** 5), "batch_lm": (0, 10 ** 5), "batch_story": (0, 10 ** 5),
     "train_stories": (0, 10 ** 7), "contrastive_steps": (1, 10 ** 7), "mmu_questions": (1, 100),
@@ -226,6 +226,9 @@ def check_recipe(tc):
     if bool(tc.batch_story) != bool(tc.train_stories):
         raise UsageError(f"batch_story = {tc.batch_story}, train_stories = {tc.train_stories}: "
                          f"story rows need stories to draw from, and stories need rows: set both or neither")
+    if tc.mmu_features != "codes" and tc.batch_story:
+        raise UsageError(f"mmu_features = {tc.mmu_features}: a story's writer reads its frames as codes, in the "
+                         f"story rows themselves; drop it, or set batch_story=0")
     if tc.mmu_features != "codes" and not tc.batch_mmu:
         raise UsageError(f"mmu_features = {tc.mmu_features} changes what understanding rows read, and this "
                          f"recipe has none (batch_mmu = 0): drop it or set batch_mmu")
@@ -238,6 +241,10 @@ def check_recipe(tc):
     if data.IMAGE_SIZE % 2 ** (len(tc.vq_ch_mult) - 1):
         raise UsageError(f"vq_ch_mult {tc.vq_ch_mult}: {len(tc.vq_ch_mult) - 1} halvings do not "
                          f"divide {data.IMAGE_SIZE} px")
+    window, code = tc.vq_local_window, 2 ** (len(tc.vq_ch_mult) - 1)
+    if window and (data.IMAGE_SIZE % window or window % code):
+        raise UsageError(f"vq_local_window {window}: give 0 (the whole picture) or a window that tiles "
+                         f"{data.IMAGE_SIZE} px and holds whole codes (a multiple of {code} px)")
 
 
 def parse_field(name, text, current):
@@ -512,7 +519,7 @@ def output_of(args, prompts):
 # ----------------------------------------------------------------------------------------
 
 def evaluate_command(argv=None):
-    """python evaluate.py scores | bpe | lfq | probe | reach."""
+    """python evaluate.py scores | bpe | lfq | probe | reach | stories."""
     parser = argparse.ArgumentParser(description="Measure a checkpoint; see the two tokenizers at work.")
     sub = parser.add_subparsers(dest="command", required=True)
     bpe = sub.add_parser("bpe", help="learn a small BPE and split a text with it")
@@ -528,6 +535,10 @@ def evaluate_command(argv=None):
                        help="pictures the probes are fitted on (20-20000; a quarter as many score them)")
     reach = sub.add_parser("reach", help="how far an LFQ code reaches: codes that change around one changed object")
     reach.add_argument("--ckpt", required=True, help="a checkpoint from train.py (e.g. assets/tiny.pt)")
+    stories = sub.add_parser("stories", help="the first stories of a story checkpoint's scored set, as a picture")
+    stories.add_argument("--ckpt", required=True, help="a checkpoint of train.py --preset story")
+    stories.add_argument("--count", type=int, default=4, help="how many of the 90 scored stories (1-90)")
+    stories.add_argument("--png", default="stories.png")
     scores = sub.add_parser("scores", help="the held-out scores of a train.py checkpoint")
     scores.add_argument("--ckpt", required=True, help="a checkpoint from train.py (e.g. out/tiny.pt)")
     args = parser.parse_args(argv)
@@ -539,6 +550,9 @@ def evaluate_command(argv=None):
             evaluate.show_lfq(args.ckpt, check_output(args.png, "--png"), shift=args.shift)
         elif args.command == "reach":
             evaluate.show_reach(args.ckpt)
+        elif args.command == "stories":
+            check_number("--count", args.count, 1, 90, "number of scored stories shown")
+            evaluate.show_stories(args.ckpt, check_output(args.png, "--png"), args.count)
         elif args.command == "probe":
             check_number("--pictures", args.pictures, 20, 20000, "number of pictures the probes are fitted on")
             evaluate.show_probe(args.ckpt, args.pictures)

@@ -19,6 +19,9 @@ train.py trains; this file measures, so that the recipe there reads top to botto
    read-out finds in the codes against the continuous features they quantize (COURSE.md
    lesson 10); `python evaluate.py reach --ckpt out/tiny.pt` how far a code's value reaches
    beyond its own cell (docs/experiments.md, "Stories").
+5. The stories a story checkpoint was scored on: `python evaluate.py stories --ckpt
+   assets/story.pt` draws the first of them, none picked, each sentence marked as the
+   scorer reads its frame.
 
     python evaluate.py scores --ckpt out/tiny.pt      # the held-out scores of a checkpoint
 
@@ -45,10 +48,10 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 import data
 from bpe import TextTokenizer, token_to_bytes
 from checkpoint import load_checkpoint, recommended_settings
-from pictures import image_grid, lfq_picture, save_picture
+from pictures import image_grid, lfq_picture, save_picture, story_strip
 from readers import answer_from_features, picture_features, stored_reader
 from sampling import answer_questions, generate_pictures
-from stories import STORY_FRAMES_SCORED, make_stories, story_scores
+from stories import STORY_FRAMES_SCORED, make_stories, scored_stories, story_scores
 
 
 # ----------------------------------------------------------------------------------------
@@ -375,6 +378,13 @@ def show_reach(ckpt, count=150):
         print(f"  {d} cells from the change: {np.mean(moved):6.1%} of {len(moved)} codes change")
     still = [m for d, moved in changed_by_distance.items() if d > 0 for m in moved]
     print(f"copying every code of an untouched cell gets {1 - np.mean(still):.1%} of them right")
+    # The world's own cells: 16x16 pixels (data.CELL_SIZE), where objects live.
+    per_cell = data.CELL_SIZE // cell                                                # codes per side of one
+    blocks = lambda t: t.reshape(-1, grid // per_cell, per_cell, grid // per_cell, per_cell)   # noqa: E731
+    untouched = ~blocks(touched).any((2, 4))                                         # (P, 2, 2)
+    kept = blocks((codes[0] == codes[1]).numpy()).all((2, 4))[untouched]
+    print(f"the {untouched.sum()} untouched {data.CELL_SIZE}x{data.CELL_SIZE} grid cells: {kept.mean():.1%} keep "
+          f"every one of their codes")
 
 
 def show_probe(ckpt, pictures=2000):
@@ -410,6 +420,27 @@ def scoring_of_checkpoint(extra):
     return Scoring(stored["seed"], stored["eval_draws"], stored["eval_prompts"], stored["eval_scenes"],
                    extra.get("image_objective", "mtp"), recommended_settings(extra, "t2i"),
                    STORY_FRAMES_SCORED if extra.get("stories") else 0)
+
+
+def show_stories(ckpt, out, count=4):
+    """`python evaluate.py stories`: the FIRST `count` stories of a story checkpoint's scored
+    set (the same draws story_scores scores, none picked), one strip each, every sentence
+    marked as the scorer reads its frame."""
+    model, vq, text_tokenizer, extra = load_checkpoint(ckpt)
+    scoring = scoring_of_checkpoint(extra)
+    if not scoring.story_frames:
+        raise ValueError(f"{ckpt} was not trained on stories: give a checkpoint of train.py --preset story")
+    strips = []
+    for number, (frames, sentences, results) in enumerate(scored_stories(model, vq, text_tokenizer, scoring, count), 1):
+        marked = [f"{sentence} ({'right' if right else 'invalid' if not valid else 'wrong'})"
+                  for sentence, (valid, right) in zip(sentences, results)]
+        print(f"story {number}: " + " / ".join(marked))
+        strips.append(np.asarray(story_strip(frames, marked)))
+    width = max(strip.shape[1] for strip in strips)
+    sheet = np.concatenate([np.pad(strip, ((0, 0), (0, width - strip.shape[1]), (0, 0)), constant_values=255)
+                            for strip in strips])
+    save_picture(sheet, out)
+    print(f"wrote {out}: the first {count} of the {len(data.one_object_captions())} scored stories")
 
 
 def print_scores(ckpt):

@@ -13,7 +13,7 @@ code never shipped it; this file builds it from the core's parts, as one opt-in 
    (model.mtp_loss on that frame, model.ntp_loss on the sentences);
 4. generation: one KV cache for the whole story, frames drawn by sampling.maskgit and
    sentences written by sampling.decode_tokens;
-5. scores: `story_scores`, what `train.py --preset story` reports.
+5. scores: `story_scores`, what `train.py --preset story` reports, over `scored_stories`.
 
 `python sampling.py --ckpt assets/story.pt --story "a white circle at the top right"`
 tells one (commands.tell). docs/experiments.md, "Stories", has what was measured.
@@ -490,23 +490,31 @@ def encode_stories(stories, vq, text_tokenizer, device):
 
 
 @torch.no_grad()
-def story_scores(model, vq, text_tokenizer, scoring, batch=45):
-    """Stories from the 90 one-object captions, story_frames frames each, scored by
-    check_story: {"story_frames": frames right, "story_whole": stories with every
-    frame right, "story_sentences": written sentences (frame 2 on) that are valid}."""
+def scored_stories(model, vq, text_tokenizer, scoring, first=None, batch=45):
+    """The stories that story_scores scores, in its order: [(frames (F, 32, 32, 3) uint8,
+    F sentences, check_story's [(sentence valid, frame right)])], one per opening of the 90
+    one-object captions. first: stop after that many (the same draws: the same generator
+    and batches; `python evaluate.py stories` shows them)."""
     openings = one_object_captions()
     gen = torch.Generator(next(model.parameters()).device).manual_seed(scoring.seed)
-    results = []
-    for i in range(0, len(openings), batch):
+    stories = []
+    for i in range(0, len(openings) if first is None else first, batch):
         chunk = openings[i:i + batch]
         codes, written = generate_stories(model, [text_tokenizer.encode(p) for p in chunk], scoring.story_frames,
                                           scoring.settings, gen)                      # (B, F, N)
         pictures = decode_codes(vq, codes.flatten(0, 1)).reshape(*codes.shape[:2], *([IMAGE_SIZE] * 2), 3)
         for opening, frames, sentences in zip(chunk, pictures, written):
+            frames = np.stack([as_world_picture(f) for f in frames])
             sentences = [opening] + [text_tokenizer.decode(ids).strip() for ids in sentences]
-            results.append(check_story([as_world_picture(f) for f in frames], sentences))
+            stories.append((frames, sentences, check_story(frames, sentences)))
+    return stories[:first]
+
+
+def story_scores(model, vq, text_tokenizer, scoring):
+    """Stories from the 90 one-object captions, story_frames frames each, scored by
+    check_story: {"story_frames": frames right, "story_whole": stories with every
+    frame right, "story_sentences": written sentences (frame 2 on) that are valid}."""
+    results = [result for _, _, result in scored_stories(model, vq, text_tokenizer, scoring)]
     return {"story_frames": float(np.mean([right for story in results for _, right in story])),
             "story_whole": float(np.mean([all(right for _, right in story) for story in results])),
             "story_sentences": float(np.mean([valid for story in results for valid, _ in story[1:]]))}
-
-

@@ -81,6 +81,13 @@ class ImageTokenizerConfig:
     # The release's middle block attends over the whole picture, so every code mixes in
     # the whole picture. Small models learn to read and draw LOCAL codes far more easily.
     mid_attention: bool = True
+    # 0 (the release): the encoder's convolutions and GroupNorms run over the whole picture,
+    # so a code also depends on pixels around its own patch. w > 0: every w x w window of
+    # pixels is ENCODED on its own (w a multiple of the downsampling factor), so a code
+    # depends on its own window only and an unchanged window keeps its codes from one
+    # story frame to the next. The decoder still reads the whole grid of codes (decoding
+    # each window alone collapsed the codebook; docs/experiments.md, "Stories").
+    local_window: int = 0
     commitment_weight: float = 0.1            # LFQ training losses (docs/checkpoints.md)
     entropy_weight: float = 0.1
     beta: float = 0.25
@@ -348,22 +355,35 @@ class ImageTokenizer(nn.Module):
 
     def check_pixels(self, pixels):
         """Fail with one clear line on input the network cannot tokenize."""
-        f = self.cfg.downsample
+        f = self.cfg.local_window or self.cfg.downsample
         if pixels.dim() != 4 or pixels.shape[1] != 3 or pixels.shape[2] % f or pixels.shape[3] % f:
             raise ValueError(f"expected images as (B, 3, H, W) with H and W multiples of {f} "
                              f"(trained at {self.cfg.resolution}x{self.cfg.resolution}), got {tuple(pixels.shape)}")
 
+    def encode_latents(self, pixels):
+        """(B, 3, H, W) -> (B, z, H/f, W/f). With local_window w, each w x w window is
+        encoded alone, as a batch of (B * H/w * W/w, 3, w, w) pictures."""
+        w = self.cfg.local_window
+        if not w:
+            return self.encoder(pixels)
+        b, f = pixels.shape[0], self.cfg.downsample
+        windows = pixels.unfold(2, w, w).unfold(3, w, w)                  # (B, 3, H/w, W/w, w, w)
+        rows, cols = windows.shape[2:4]
+        z = self.encoder(windows.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, w, w))   # (B*rows*cols, z, w/f, w/f)
+        z = z.view(b, rows, cols, -1, w // f, w // f).permute(0, 3, 1, 4, 2, 5)    # (B, z, rows, w/f, cols, w/f)
+        return z.reshape(b, -1, rows * w // f, cols * w // f)
+
     def forward(self, pixels):
         """Training pass: reconstruction, codes and the quantizer's two losses."""
         self.check_pixels(pixels)
-        q, codes, commit_loss, entropy_loss = self.quantize(self.encoder(pixels))
+        q, codes, commit_loss, entropy_loss = self.quantize(self.encode_latents(pixels))
         return self.decoder(q), codes, commit_loss, entropy_loss
 
     @torch.no_grad()
     def encode(self, pixels):
         """(B, 3, H, W) in [-1, 1] -> (B, h*w) code ids, row-major."""
         self.check_pixels(pixels)
-        return self.quantize(self.encoder(pixels))[1]
+        return self.quantize(self.encode_latents(pixels))[1]
 
     @torch.no_grad()
     def decode(self, codes):

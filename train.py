@@ -81,6 +81,7 @@ class TrainConfig:
     vq_lr: float = 3e-3
     vq_entropy_per_code: bool = True   # entropy bonus over whole codes, not bits: ~10x more codes used
     vq_mid_attention: bool = False     # an 8x8 grid is small enough for convolutions alone
+    vq_local_window: int = 0           # > 0: codes see their own window of pixels only (stories: 16, a grid cell)
     # transformer (Phi-1.5 layout, scaled down)
     hidden_size: int = 192
     num_layers: int = 4              # at this budget, steps count for more than width and depth
@@ -131,11 +132,13 @@ PRESETS = {
     # keeps those.
     "small": TrainConfig(vq_steps=2800, hidden_size=256, num_layers=6, steps=3850, lr=1e-3, eval_every=1000,
                          mmu_answer_only=True, sample_steps=12, guidance=1.5),
-    # Mixed-modality generation (docs/experiments.md, "Stories"): the tiny transformer on
-    # story rows (a sentence, a frame, a sentence, ...) and t2i rows, nothing else. Run it
-    # on the tiny run's tokenizers, `--tokenizers-from assets/tiny.pt` (their 9.85 TFLOP
-    # count): about 33 GFLOP a step, under 60 TFLOP in all.
-    "story": TrainConfig(batch_t2i=12, batch_mmu=0, batch_lm=0, batch_story=6, train_stories=10000, steps=1500),
+    # Mixed-modality generation (docs/experiments.md, "Stories"), trained from nothing by this
+    # one command: its own image tokenizer, patch-local (a code describes its own 4x4
+    # pixels, so a later frame can copy every unchanged code of the one before), then the
+    # tiny transformer on story rows (a sentence, a frame, a sentence, ...), t2i rows (the
+    # first frame is a drawing from a caption) and a few understanding rows (reading).
+    "story": TrainConfig(vq_local_window=16, batch_t2i=8, batch_mmu=2, batch_lm=0, batch_story=8,
+                         train_stories=10000, steps=2800),
     # seconds: for tests and for trying the code path
     "micro": TrainConfig(train_scenes=400, eval_draws=1, eval_prompts=4, eval_scenes=4, bpe_vocab_size=512,
                          vq_z_channels=6, vq_ch=8, vq_steps=20, vq_batch=16, hidden_size=64,
@@ -163,7 +166,7 @@ def image_tokenizer_config(tc, resolution):
                                 encoder_ch=tc.vq_ch, encoder_ch_mult=mult, encoder_res_blocks=(1,) * len(mult),
                                 decoder_ch=tc.vq_ch, decoder_ch_mult=mult, decoder_res_blocks=(1,) * len(mult),
                                 num_groups=tc.vq_groups, entropy_per_code=tc.vq_entropy_per_code,
-                                mid_attention=tc.vq_mid_attention)
+                                mid_attention=tc.vq_mid_attention, local_window=tc.vq_local_window)
 
 
 def model_config(tc, text_tokenizer, vq, feature_width=0):

@@ -91,3 +91,19 @@ def test_the_shipped_checkpoint_draws_and_answers_right():
     image_codes = data.encode_pictures(vq, example[None], "cpu")
     [answer] = answer_questions(model, image_codes, [text_tokenizer.encode("what color is the circle?")])
     assert text_tokenizer.decode(answer).strip() == "red"
+
+
+def test_the_shipped_story_checkpoint_tells_stories_right():
+    """assets/story.pt (README, lesson 9): the first scored stories, the README's picture.
+    Every opening drawn right, and most stories right frame after frame."""
+    import evaluate
+    from stories import scored_stories
+
+    model, vq, text_tokenizer, extra = load_checkpoint(ROOT / "assets" / "story.pt")
+    assert extra["made_by"]["command"] == "python train.py --preset story" and extra["made_by"]["seed"] == 0
+    told = scored_stories(model, vq, text_tokenizer, evaluate.scoring_of_checkpoint(extra), first=4)
+    first_frames = [results[0][1] for _, _, results in told]
+    whole = [all(right for _, right in results) for _, _, results in told]
+    assert all(first_frames) and sum(whole) >= 3, (
+        f"frame 1 right {first_frames}, whole stories right {whole}: "
+        + " | ".join(" / ".join(sentences) for _, sentences, _ in told))

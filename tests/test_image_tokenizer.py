@@ -17,7 +17,7 @@ from explain import expect_close, expect_equal
 import data
 from distributed import Process
 from evaluate import ComputeMeter
-from tokenizer import ImageTokenizerConfig, LookupFreeQuantizer
+from tokenizer import ImageTokenizer, ImageTokenizerConfig, LookupFreeQuantizer
 from train import PRESETS, train_image_tokenizer
 
 pytestmark = pytest.mark.lesson2   # COURSE.md: `python -m pytest -q -m lesson2` checks that lesson's exercise
@@ -133,3 +133,26 @@ def test_an_lfq_code_reaches_one_cell_around_its_own(capsys):
     expect_equal(sorted(shares)[:3], [0, 1, 2], "distances measured", "cells at 0, 1, 2, ... cells from the change")
     assert shares[0] > 0.8 and shares[1] > 0.3, f"codes that change at distance 0 and 1: {shares}"
     assert max(share for d, share in shares.items() if d >= 2) < 0.1, f"codes that change further away: {shares}"
+
+
+def test_a_local_code_depends_on_its_own_window_only():
+    """local_window (the story preset's tokenizer): each 8x8 window of a 16x16 picture is
+    encoded on its own, so editing one window changes its 2x2 codes' latents and no other,
+    and those latents are the window's own, encoded as a picture."""
+    torch.manual_seed(0)
+    cfg = ImageTokenizerConfig(resolution=16, z_channels=6, encoder_ch=8, encoder_ch_mult=(1, 2, 2),
+                               encoder_res_blocks=(1, 1, 1), decoder_ch=8, decoder_ch_mult=(1, 2, 2),
+                               decoder_res_blocks=(1, 1, 1), num_groups=2, mid_attention=False, local_window=8)
+    vq = ImageTokenizer(cfg).eval()
+    pixels = torch.rand(2, 3, 16, 16) * 2 - 1
+    edited = pixels.clone()
+    edited[:, :, 0:8, 8:16] = -1.0                                           # the top right window
+    with torch.no_grad():
+        before, after = vq.encode_latents(pixels), vq.encode_latents(edited)    # (B, z, 4, 4)
+        alone = vq.encoder(pixels[:1, :, 8:16, 0:8])[0]                         # the bottom left window, (z, 2, 2)
+    moved = (before - after).abs().amax(1) > 0                              # (B, 4, 4)
+    expect_equal(moved[0].nonzero().tolist(), [[0, 2], [0, 3], [1, 2], [1, 3]],
+                 "latents changed by editing the top right window",
+                 "local_window: a code is computed from its own window's pixels only")
+    expect_close(before[0, :, 2:4, 0:2], alone, "the bottom left window's latents against that window encoded alone",
+                 "local_window encodes every window as a picture of its own, its codes in their places", atol=1e-5)

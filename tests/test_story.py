@@ -242,7 +242,7 @@ def test_every_finished_frame_joins_the_story(monkeypatch):
 def story_checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("story")
     train.main(["--preset", "micro", "--steps", "3", "--no-eval", "--set", "batch_story=2", "--set", "train_stories=8",
-                "--out-dir", str(root)])
+                "--set", "vq_local_window=16", "--out-dir", str(root)])          # the story preset's kind of tokenizer
     return root / "micro.pt"
 
 
@@ -277,3 +277,25 @@ def test_a_story_from_a_given_first_frame_keeps_it(story_checkpoint, tmp_path):
     _, vq, _, _ = load_checkpoint(story_checkpoint)
     rebuilt = data.decode_codes(vq, data.encode_pictures(vq, start[None], "cpu"))[0]
     assert (np.asarray(Image.open(tmp_path / "s" / "frame_1.png")) == rebuilt).all()
+
+
+def test_the_stories_shown_are_the_first_scored_ones(story_checkpoint, tmp_path, capsys):
+    """`python evaluate.py stories` shows the first stories story_scores scores: the same
+    draws (same generator, same batches), none picked."""
+    import evaluate
+    from checkpoint import load_checkpoint
+
+    model, vq, text_tokenizer, extra = load_checkpoint(story_checkpoint)
+    scoring = evaluate.scoring_of_checkpoint(extra)
+    every = stories.scored_stories(model, vq, text_tokenizer, scoring)
+    assert len(every) == 90 and all(len(sentences) == scoring.story_frames for _, sentences, _ in every)
+    first = stories.scored_stories(model, vq, text_tokenizer, scoring, first=2)
+    assert all(np.array_equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(first, every[:2])) and len(first) == 2, \
+        "the first stories must be drawn exactly as the scored set draws them"
+    evaluate.main(["stories", "--ckpt", str(story_checkpoint), "--count", "2", "--png", str(tmp_path / "s.png")])
+    printed = capsys.readouterr().out.splitlines()
+    for number, (_, sentences, results) in enumerate(every[:2], 1):
+        marks = ["right" if right else "invalid" if not valid else "wrong" for valid, right in results]
+        assert printed[number - 1] == f"story {number}: " + " / ".join(
+            f"{sentence} ({mark})" for sentence, mark in zip(sentences, marks)), printed
+    assert (tmp_path / "s.png").exists()
