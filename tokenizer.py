@@ -86,7 +86,7 @@ class ImageTokenizerConfig:
     # pixels is ENCODED on its own (w a multiple of the downsampling factor), so a code
     # depends on its own window only and an unchanged window keeps its codes from one
     # story frame to the next. The decoder still reads the whole grid of codes (decoding
-    # each window alone collapsed the codebook; docs/experiments.md, "Stories").
+    # each 4x4 patch alone collapsed the codebook; docs/experiments.md, "Stories").
     local_window: int = 0
     commitment_weight: float = 0.1            # LFQ training losses (docs/checkpoints.md)
     entropy_weight: float = 0.1

@@ -133,8 +133,8 @@ PRESETS = {
     "small": TrainConfig(vq_steps=2800, hidden_size=256, num_layers=6, steps=3850, lr=1e-3, eval_every=1000,
                          mmu_answer_only=True, sample_steps=12, guidance=1.5),
     # Mixed-modality generation (docs/experiments.md, "Stories"), trained from nothing by this
-    # one command: its own image tokenizer, patch-local (a code describes its own 4x4
-    # pixels, so a later frame can copy every unchanged code of the one before), then the
+    # one command: its own image tokenizer, cell-local (each code sees its own 16x16 cell
+    # of pixels only, so a later frame can copy every unchanged cell's codes), then the
     # tiny transformer on story rows (a sentence, a frame, a sentence, ...), t2i rows (the
     # first frame is a drawing from a caption) and a few understanding rows (reading).
     "story": TrainConfig(vq_local_window=16, batch_t2i=8, batch_mmu=2, batch_lm=0, batch_story=8,
