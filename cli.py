@@ -7,7 +7,7 @@ layer turns them into `error: ...`. Each script's `main` lands here:
 
     python train.py --tiny                 train_command
     python sampling.py --ckpt ...          sampling_command (the work of each task: commands.py)
-    python evaluate.py scores|bpe|...|reach  evaluate_command
+    python evaluate.py scores|...|stories  evaluate_command
     python bench.py inference|loading|compare bench_command
     python checkpoint.py convert ...       checkpoint_command
     python model.py / python attention.py  model_command / attention_command
@@ -176,11 +176,11 @@ TRAIN_RANGES = {
     "seed": (0, 2 ** 63 - 1), "train_scenes": (1, 10 ** 7), "eval_draws": (1, 100),
     "eval_prompts": (0, 10 ** 5), "eval_scenes": (0, 10 ** 5), "bpe_vocab_size": (257, 2 ** 16),
     "vq_z_channels": (1, 16), "vq_ch": (1, 1024), "vq_groups": (1, 1024), "vq_steps": (1, 10 ** 7),
-    "vq_batch": (1, 10 ** 5), "vq_lr": (1e-9, 1.0), "vq_local_window": (0, 1024), "hidden_size": (4, 16384), "num_layers": (1, 256),
+    "vq_batch": (1, 10 ** 5), "vq_lr": (1e-9, 1.0), "hidden_size": (4, 16384), "num_layers": (1, 256),
     "num_heads": (1, 256), "max_text_len": (4, 1024), "steps": (1, 10 ** 8), "batch_t2i": (0, 10 ** 5),
     "batch_mmu": (0, 10 ** 5), "batch_lm": (0, 10 ** 5), "batch_story": (0, 10 ** 5),
     "train_stories": (0, 10 ** 7), "contrastive_steps": (1, 10 ** 7), "mmu_questions": (1, 100),
-    "lr": (1e-9, 1.0),
+    "lr": (1e-9, 1.0), "vq_local_window": (0, 1024),
     "min_lr": (0.0, 1.0), "warmup": (0, 10 ** 8), "weight_decay": (0.0, 1.0),
     "caption_dropout": (0.0, 0.99), "loss_t2i": (0.0, 1000.0), "loss_lm": (0.0, 1000.0),
     "loss_mmu": (0.0, 1000.0), "sample_steps": (1, 1000), "guidance": (0.0, 100.0),
@@ -241,7 +241,7 @@ def check_recipe(tc):
     if data.IMAGE_SIZE % 2 ** (len(tc.vq_ch_mult) - 1):
         raise UsageError(f"vq_ch_mult {tc.vq_ch_mult}: {len(tc.vq_ch_mult) - 1} halvings do not "
                          f"divide {data.IMAGE_SIZE} px")
-    window, code = tc.vq_local_window, 2 ** (len(tc.vq_ch_mult) - 1)
+    window, code = tc.vq_local_window, 2 ** (len(tc.vq_ch_mult) - 1)   # a local window holds whole codes
     if window and (data.IMAGE_SIZE % window or window % code):
         raise UsageError(f"vq_local_window {window}: give 0 (the whole picture) or a window that tiles "
                          f"{data.IMAGE_SIZE} px and holds whole codes (a multiple of {code} px)")
