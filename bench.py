@@ -415,7 +415,7 @@ def time_pictures(model, objective, settings, count, batch=50):
     return time.perf_counter() - start
 
 
-SETTING_TYPES = {"guidance": float, "temperature": float, "top_k": int}
+SETTING_TYPES = {"guidance": float, "temperature": float, "top_k": int, "code_temperature": float}
 
 
 def parse_settings(assignments, flag):
@@ -466,7 +466,7 @@ def bench_compare(args):
     model, _, _, extra = load_checkpoint(args.mtp)
     big = Showo(replace(model.cfg, num_vq_tokens=256)).eval()
     for objective, steps in (("mtp", 12), ("ar", 256)):
-        settings = {"steps": steps, "guidance": 1.5, "temperature": 1.0, "top_k": None}
+        settings = {"steps": steps, "guidance": 1.5, "temperature": 1.0, "top_k": None, "code_temperature": 1.0}
         seconds = time_pictures(big, objective, settings, args.pictures)
         print(f"{objective + ', ' + str(steps) + ' steps':<34} {steps:>14} {seconds:>18.1f}", flush=True)
 

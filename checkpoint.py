@@ -403,8 +403,8 @@ RELEASED_SAMPLING = {
 
 
 # Used when a checkpoint stores no settings of its own: the authors' 256 px text-to-image
-# settings, with MaskGIT's re-masking temperature and no top-k.
-DEFAULT_SETTINGS = {**RELEASED_SAMPLING[256]["t2i"], "temperature": 1.0, "top_k": None}
+# settings, with MaskGIT's re-masking temperature, its codes drawn at temperature 1, no top-k.
+DEFAULT_SETTINGS = {**RELEASED_SAMPLING[256]["t2i"], "temperature": 1.0, "top_k": None, "code_temperature": 1.0}
 
 # The range of each sampling setting, (lowest, highest, meaning): the same for a value
 # given on the command line (cli.py) and for one stored in a checkpoint (check_stored_extra).
@@ -413,6 +413,7 @@ SETTING_LIMITS = {
     "guidance": (0.0, 100.0, "guidance scale w (0: no guidance; negative w pushes towards the wrong picture)"),
     "temperature": (0.0, 100.0, "temperature (0: no noise / greedy)"),
     "top_k": (1, 2 ** 20, "top-k"),
+    "code_temperature": (0.01, 100.0, "code temperature (1: MaskGIT draws codes as released; lower: likelier codes)"),
 }
 
 
@@ -459,7 +460,8 @@ def check_stored_extra(extra, path):
 
 
 def recommended_settings(extra, task):
-    """{"steps", "guidance", "temperature", "top_k"} a checkpoint recommends for a picture task.
+    """{"steps", "guidance", "temperature", "top_k", "code_temperature"} a checkpoint recommends
+    for a picture task.
 
     train.py stores the settings its scores were measured with; convert stores the authors'
     published ones, which differ by task and resolution.

@@ -183,9 +183,9 @@ TRAIN_RANGES = {
     "lr": (1e-9, 1.0), "vq_local_window": (0, 1024),
     "min_lr": (0.0, 1.0), "warmup": (0, 10 ** 8), "weight_decay": (0.0, 1.0),
     "caption_dropout": (0.0, 0.99), "loss_t2i": (0.0, 1000.0), "loss_lm": (0.0, 1000.0),
-    "loss_mmu": (0.0, 1000.0), "sample_steps": (1, 1000), "guidance": (0.0, 100.0),
+    "loss_mmu": (0.0, 1000.0), "loss_story_changes": (0.0, 1000.0), "sample_steps": (1, 1000), "guidance": (0.0, 100.0),
     "sample_temperature": (0.0, 100.0), "sample_top_k": (0, 2 ** 16), "save_every": (1, 10 ** 8),
-    "eval_every": (0, 10 ** 8),
+    "eval_every": (0, 10 ** 8), "sample_code_temperature": (0.01, 100.0),
 }
 
 
@@ -473,9 +473,10 @@ def sampling_command(argv=None):
                                              f"else {DEFAULT_SETTINGS['steps']})")
     p.add_argument("--guidance", type=float, help=f"guidance scale w (default: the checkpoint's for the task, "
                                                   f"else {DEFAULT_SETTINGS['guidance']})")
-    p.add_argument("--temperature", type=float,
-                   help="pictures: noise on the re-masking choice (default: the checkpoint's, else 1); "
-                        "answers: sampling temperature with --sample or --top-k (default 1)")
+    p.add_argument("--temperature", type=float, help="pictures: noise on the re-masking choice (default: the "
+                   "checkpoint's, else 1); answers: sampling temperature with --sample or --top-k (default 1)")
+    p.add_argument("--code-temperature", type=float, help="pictures (MaskGIT): draw codes from softmax(logits / T) "
+                                                          "(default: the checkpoint's, else 1, as released)")
     p.add_argument("--top-k", type=int, help="answers, and pictures of an autoregressive checkpoint: sample "
                                              "from the k most likely tokens")
     p.add_argument("--sample", action="store_true",
@@ -597,9 +598,8 @@ def bench_command(argv=None):
     """python bench.py [inference | loading | compare]."""
     p = argparse.ArgumentParser(description="Benchmarks: inference paths, loading at full size, MaskGIT vs AR.")
     sub = p.add_subparsers(dest="command")
-    inference = sub.add_parser(
-        "inference", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        help="naive vs cached t2i and mmu, SDPA vs explicit attention (the default)")
+    inference = sub.add_parser("inference", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                               help="naive vs cached t2i and mmu, SDPA vs explicit attention (the default)")
     inference.add_argument("--hidden", type=int, default=384, help="CPU section: hidden size")
     inference.add_argument("--layers", type=int, default=6, help="CPU section: transformer layers")
     inference.add_argument("--heads", type=int, default=6, help="CPU section: attention heads")
@@ -629,7 +629,7 @@ def bench_command(argv=None):
     compare.add_argument("--pictures", type=int, default=100, help="pictures drawn for the timing")
     compare.add_argument("--mtp-steps", type=int, nargs="+", default=[4, 8, 12, 24])
     compare.add_argument("--mtp-set", action="append", default=[], metavar="NAME=VALUE",
-                         help="sampling override for the mtp arm: guidance=W or temperature=T (repeatable)")
+                         help="mtp arm's sampling override (repeatable): guidance=W, temperature=T, code_temperature=T")
     compare.add_argument("--ar-set", action="append", default=[], metavar="NAME=VALUE",
                          help="sampling override for the ar arm: guidance=W, temperature=T or top_k=K (repeatable)")
     compare.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")

@@ -57,7 +57,7 @@ def config_from_dict(stored):
 def sampling_settings(tc):
     """The recipe's picture-drawing settings, as sampling.generate_pictures takes them."""
     return {"steps": tc.sample_steps, "guidance": tc.guidance, "temperature": tc.sample_temperature,
-            "top_k": tc.sample_top_k or None}
+            "top_k": tc.sample_top_k or None, "code_temperature": tc.sample_code_temperature}
 
 
 @dataclass
@@ -287,15 +287,19 @@ class Session:
         picture = read_image(path, self.vq.cfg.resolution)
         return self.vq.encode(data.image_to_tensor(picture[None]).to(self.device))
 
+    def settings(self, task):
+        """The picture settings of a task: the checkpoint's, with what the command line chose."""
+        settings = recommended_settings(self.extra, task)
+        return {**settings, **{name: getattr(self.args, name) for name in settings
+                               if getattr(self.args, name) is not None}}
+
     def paint(self, task, prompts, known=None, on_step=None):
         """Draw pictures for `prompts` (uint8 (B, H, W, 3)), with this task's settings."""
-        settings = recommended_settings(self.extra, task)
-        chosen = {name: getattr(self.args, name) for name in settings if getattr(self.args, name) is not None}
         captions = []
         for prompt in prompts:
             captions.append(self.text_tokenizer.encode(prompt))
             check_text_fits(captions[-1], self.model.cfg, "prompt")
-        codes = generate_pictures(self.model, captions, self.objective, {**settings, **chosen}, self.generator,
+        codes = generate_pictures(self.model, captions, self.objective, self.settings(task), self.generator,
                                   known, progress=True, naive=self.args.naive, on_step=on_step)
         return data.tensor_to_image(self.vq.decode(codes))
 
@@ -372,10 +376,7 @@ def tell(session, opening, frames, image_path=None):
     ids = session.text_tokenizer.encode(opening)
     check_text_fits(ids, session.model.cfg, "--story")
     first = session.encode_image(image_path) if image_path else None
-    settings = recommended_settings(session.extra, "t2i")
-    settings.update({name: getattr(session.args, name) for name in ("steps", "guidance", "temperature")
-                     if getattr(session.args, name) is not None})
-    codes, written = generate_stories(session.model, [ids], frames, settings, session.generator, first,
+    codes, written = generate_stories(session.model, [ids], frames, session.settings("t2i"), session.generator, first,
                                       session.args.naive, text_temperature=1.0 if session.args.sample else 0.0,
                                       progress=True)
     # one line each (story.txt has a sentence a line): any run of whitespace becomes one space
@@ -405,6 +406,9 @@ def check_against_model(session):
     if args.top_k is not None and args.question is None and session.objective == "mtp":
         raise ValueError("--top-k applies to answers and to a raster-order (ar) checkpoint's pictures; "
                          "MaskGIT samples each token from all codes: drop --top-k")
+    if args.code_temperature is not None and (args.question is not None or session.objective == "ar"):
+        raise ValueError("--code-temperature is MaskGIT's (an mtp checkpoint's pictures and story frames); answers "
+                         "and raster-order pictures take --temperature: drop --code-temperature")
     if args.top_k is not None:
         choices = cfg.llm_vocab_size if args.question is not None else cfg.codebook_size
         if args.top_k > choices:

@@ -152,7 +152,7 @@ class Scoring:
     seed: the run's seed (the scored draws are seeded apart from its training data);
     draws: how many times each of the 90 one-object captions is drawn; two_object_prompts
     and scenes: how many two-object prompts and new pictures; objective and settings: the
-    decoder ("mtp" MaskGIT or "ar") and its {"steps", "guidance", "temperature", "top_k"};
+    decoder ("mtp" MaskGIT or "ar") and its sampling.generate_pictures settings;
     story_frames: 0, or the frames of each scored story (a story recipe is scored on
     stories only: `story_scores`). No defaults: the values come from a recipe (train.scoring) or a checkpoint
     (scoring_of_checkpoint), never from a second copy of them here.
@@ -176,6 +176,9 @@ SCORES = {
     "story_frames": ("story frames right", "story frames"),
     "story_whole": ("whole stories right", "whole stories"),
     "story_sentences": ("story sentences valid", "story sentences"),
+    "story_move": ("frame 2 right, a move told", "told moves"),
+    "story_recolour": ("frame 2 right, a recolour told", "told recolours"),
+    "story_appear": ("frame 2 right, an appearance told", "told appearances"),
 }
 
 

@@ -136,19 +136,25 @@ def maskgit_step(tokens, logits, step, steps, cfg, temperature=1.0, generator=No
 
 
 @torch.no_grad()
-def maskgit(image_logits, tokens, steps, cfg, temperature=1.0, generator=None, progress=False, on_step=None):
+def maskgit(image_logits, tokens, steps, cfg, temperature=1.0, generator=None, progress=False, on_step=None,
+            code_temperature=1.0):
     """The MaskGIT loop: `steps` calls of maskgit_step -> (B, N) image codes.
 
     tokens (B, N): the start, image ids where the picture is known, [MASK] elsewhere.
     image_logits(tokens) -> (B, N, K) logits over the K image codes, guided already (how
     they are computed is the caller's: a prompt cache, a story's cache). on_step(codes,
     still_masked): called after every step with its full guess and what stays masked.
+    temperature: the re-masking noise (maskgit_step). code_temperature: each step draws codes
+    from softmax(logits / code_temperature); 1 is the released sampler, below 1 the likelier
+    codes win more often, which matters when a shape hangs on a few codes drawn in the same
+    step (docs/experiments.md, "Stories").
     """
     if steps < 1:
         raise ValueError(f"steps = {steps}: MaskGIT needs at least one step")
     codes = tokens - cfg.image_offset
     for step in tqdm(range(steps), desc="generating", disable=not progress, leave=False):
-        codes, tokens = maskgit_step(tokens, image_logits(tokens), step, steps, cfg, temperature, generator)
+        logits = image_logits(tokens) / code_temperature                 # (B, N, K)
+        codes, tokens = maskgit_step(tokens, logits, step, steps, cfg, temperature, generator)
         if on_step:
             on_step(codes, tokens == cfg.mask_token_id)
     return codes
@@ -245,13 +251,13 @@ def check_image_codes(codes, cfg):
 
 @torch.no_grad()
 def generate_image_codes(model, captions_ids, steps=18, guidance=1.75, temperature=1.0, generator=None,
-                         known_codes=None, progress=False, naive=False, on_step=None):
+                         known_codes=None, progress=False, naive=False, on_step=None, code_temperature=1.0):
     """Text-to-image (and inpainting or extrapolation when known_codes is given) -> (B, N) codes.
 
     captions_ids: list of B token-id lists. steps and guidance default to the authors' 256 px
     text-to-image settings. known_codes: optional (B, N) long tensor with the code to keep
     at each position and -1 where the model should fill in. naive: FullRecomputeT2I
-    instead of CachedPromptT2I (same codes, slower). on_step as in `maskgit`.
+    instead of CachedPromptT2I (same codes, slower). on_step, code_temperature: see `maskgit`.
     """
     cfg = model.cfg
     device = next(model.parameters()).device
@@ -261,14 +267,15 @@ def generate_image_codes(model, captions_ids, steps=18, guidance=1.75, temperatu
         known_codes = known_codes.to(device)
         tokens = torch.where(known_codes >= 0, known_codes + cfg.image_offset, tokens)
     image_logits = (FullRecomputeT2I if naive else CachedPromptT2I)(model, captions_ids, guidance)
-    return maskgit(image_logits, tokens, steps, cfg, temperature, generator, progress, on_step)
+    return maskgit(image_logits, tokens, steps, cfg, temperature, generator, progress, on_step, code_temperature)
 
 
 def generate_pictures(model, captions_ids, objective, settings, generator=None, known_codes=None,
                       progress=False, naive=False, on_step=None):
     """(B, N) codes with the decoder the model was trained for: MaskGIT (mtp) or raster order (ar).
 
-    settings: {"steps", "guidance", "temperature", "top_k"} (steps: MaskGIT only; top_k: ar only).
+    settings: {"steps", "guidance", "temperature", "top_k", "code_temperature"} (steps and
+    code_temperature: MaskGIT only; top_k: ar only).
     """
     if objective == "ar":
         if known_codes is not None:
@@ -277,7 +284,8 @@ def generate_pictures(model, captions_ids, objective, settings, generator=None, 
         return generate_image_codes_ar(model, captions_ids, settings["guidance"], settings["temperature"],
                                        settings.get("top_k"), generator, progress, naive, on_step)
     return generate_image_codes(model, captions_ids, settings["steps"], settings["guidance"],
-                                settings["temperature"], generator, known_codes, progress, naive, on_step)
+                                settings["temperature"], generator, known_codes, progress, naive, on_step,
+                                settings["code_temperature"])
 
 
 # ----------------------------------------------------------------------------------------
@@ -292,9 +300,7 @@ def mask_to_grid(mask, grid):
 
 def shift_codes(codes, direction, grid):
     """Move a (B, grid*grid) code map by half the grid away from `direction`; -1 fills."""
-    half = grid // 2
-    b = codes.shape[0]
-    grid_codes = codes.view(b, grid, grid)
+    half, grid_codes = grid // 2, codes.view(-1, grid, grid)
     shifted = torch.full_like(grid_codes, -1)
     if direction == "right":
         shifted[:, :, :grid - half] = grid_codes[:, :, half:]
@@ -304,7 +310,7 @@ def shift_codes(codes, direction, grid):
         shifted[:, :grid - half] = grid_codes[:, half:]
     else:
         shifted[:, half:] = grid_codes[:, :grid - half]
-    return shifted.view(b, -1)
+    return shifted.flatten(1)
 
 
 # ----------------------------------------------------------------------------------------
@@ -348,11 +354,9 @@ def decode_tokens(next_logits, input_ids, max_new_tokens, eos_id=None, fill_id=N
 
 
 def left_pad(rows, pad_id):
-    """Ragged id lists -> (B, L) tensor padded on the LEFT, so every row ends at -1.
-
-    Position ids then differ per row, but RoPE only sees relative offsets and padding is
-    masked out, so each row's answer is what it would be alone.
-    """
+    """Ragged id lists -> (B, L) tensor padded on the LEFT, so every row ends at -1. Position
+    ids then differ per row, but RoPE only sees relative offsets and padding is masked out,
+    so each row's answer is what it would be alone."""
     width = max(len(r) for r in rows)
     return torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
 
@@ -411,10 +415,7 @@ def understanding_mask_of(cfg):
 def answer_questions(model, pictures, questions_ids, max_new_tokens=32, temperature=0.0,
                      top_k=None, generator=None, naive=False):
     """(B, N) image codes + B question id lists -> B answer id lists (EOS removed).
-
-    naive: recompute the whole sequence for every token instead of using the KV cache
-    (same answers, slower).
-    """
+    naive: recompute the whole sequence for every token, no KV cache (same answers, slower)."""
     cfg = model.cfg
     check_image_codes(pictures, cfg)
     padded, lengths = mmu_sequences(pictures + cfg.image_offset, questions_ids, cfg)
@@ -423,8 +424,7 @@ def answer_questions(model, pictures, questions_ids, max_new_tokens=32, temperat
                           naive)
 
 
-def decode_answers(model, ids, mask_rule, max_new_tokens, temperature, top_k, generator, naive,
-                   embed_prompt=None):
+def decode_answers(model, ids, mask_rule, max_new_tokens, temperature, top_k, generator, naive, embed_prompt=None):
     """(B, L) left-padded prompts -> B answer id lists (text ids only, EOS removed).
 
     Only text ids may be chosen: the reference picks from the whole vocabulary, but a small

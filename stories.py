@@ -13,7 +13,8 @@ code never shipped it; this file builds it from the core's parts, as one opt-in 
    (model.mtp_loss on that frame, model.ntp_loss on the sentences);
 4. generation: one KV cache for the whole story, frames drawn by sampling.maskgit and
    sentences written by sampling.decode_tokens;
-5. scores: `story_scores`, what `train.py --preset story` reports, over `scored_stories`.
+5. scores: `story_scores`, what `train.py --preset story` reports, over `scored_stories`,
+   and `change_scores` (frame 2 drawn from a given sentence, by kind of change).
 
 `python sampling.py --ckpt assets/story.pt --story "a white circle at the top right"`
 tells one (commands.tell). docs/experiments.md, "Stories", has what was measured.
@@ -30,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from attention import omni_attention_mask, picture_blocks
-from data import (COLOURS, GRID_PLACES, IMAGE_SIZE, MAX_OBJECT_SIZE, MIN_OBJECT_SIZE, PHRASE_TO_PLACE, PLACES, SHAPES,
+from data import (COLOURS, GRID_PLACES, MAX_OBJECT_SIZE, MIN_OBJECT_SIZE, PHRASE_TO_PLACE, PLACES, SHAPES,
                   ShapeObject, as_world_picture, canonical_order, caption, corner_range, decode_codes, encode_pictures,
                   find_objects, one_object_captions, parse_caption, random_scene, render)
 from model import IGNORE, mtp_loss, next_token_targets, ntp_loss, random_masks
@@ -164,14 +165,24 @@ def scene_kinds(objects) -> frozenset[tuple[str, str, str]]:
 def realise(previous, scene, rng: random.Random) -> list[ShapeObject]:
     """ShapeObjects for a new scene (a set of (colour, shape, place)) that keep the previous
     frame's drawing wherever they can: an unchanged object keeps its pixels, a recoloured
-    one its box; a moved or new object gets a fresh random box in its cell."""
+    one its box, a moved one its size and its offset inside its 16x16 box (the same
+    drawing, translated); only a new object gets a fresh random box in its cell.
+
+    Why translate: with a cell-local image tokenizer (tokenizer.py, local_window) a grid
+    cell's 16 codes depend on that cell's pixels only, so an object moved from one grid
+    cell to another has exactly the codes it had: drawing the move is copying them."""
     objects = []
     for colour, shape, place in scene:
         same = [o for o in previous if (o.colour, o.shape, o.place) == (colour, shape, place)]
         recoloured = [o for o in previous if (o.shape, o.place) == (shape, place)]
+        moved = [o for o in previous if (o.colour, o.shape) == (colour, shape)]
         if same or recoloured:
             old = (same or recoloured)[0]
             objects.append(ShapeObject(colour, shape, place, old.x, old.y, old.size))
+        elif moved:
+            old, source, target = moved[0], PLACES[moved[0].place], PLACES[place]
+            objects.append(ShapeObject(colour, shape, place, old.x - source.left + target.left,
+                                       old.y - source.top + target.top, old.size))
         else:
             size = rng.randint(MIN_OBJECT_SIZE, MAX_OBJECT_SIZE)
             xs, ys = corner_range(place, size)
@@ -283,12 +294,14 @@ def story_attention_mask(input_ids, pad_id, soi_id, eoi_id):
 # ----------------------------------------------------------------------------------------
 
 def story_rows(stories, longer_than, count, dropout, cfg, rng, gen):
-    """`count` story rows cut after frame k -> (ids, labels, allowed, frame), each (B, L[, L]).
+    """`count` story rows cut after frame k -> (ids, labels, allowed, frame, changed), each (B, L[, L]).
 
     stories: (sentences' ids, frames' codes (F, N)) per story; longer_than[k]: the stories
     with more than k frames. Labels: every sentence token and EOS (NTP) and frame k's masked
     tokens (MTP), in one row: Show-o's two objectives at once. frame (B, L) bool: the
-    positions trained by mask-token prediction (the frame being drawn).
+    positions trained by mask-token prediction (the frame being drawn); changed (B, L) bool:
+    those whose code differs from the frame before's (none in frame 1), which `story_losses`
+    can weigh apart: the rest of a later frame is a copy.
 
     Why cut after frame k: at inference every sentence and every frame is written after
     WHOLE earlier frames, so in training nothing may look at a partly masked frame, and
@@ -303,7 +316,7 @@ def story_rows(stories, longer_than, count, dropout, cfg, rng, gen):
     cut = rng.randrange(len(longer_than))                                 # frame k = cut + 1
     chosen = [stories[rng.choice(longer_than[cut])] for _ in range(count)]
     masked = random_masks(len(chosen), n, gen)                            # (B, N)
-    rows, labels = [], []
+    rows, labels, changed = [], [], []
     for (sentences, codes), hidden in zip(chosen, masked):
         if rng.random() < dropout:
             sentences = [[] for _ in sentences]                            # the unconditional story
@@ -318,9 +331,13 @@ def story_rows(stories, longer_than, count, dropout, cfg, rng, gen):
             frame = tokens[cut].masked_fill(~hidden, IGNORE).tolist() if j == cut else [IGNORE] * n
             row_labels += [IGNORE, *frame, IGNORE]                         # <|soi|> frame <|eoi|>
         labels.append(row_labels)
+        changed.append(codes[cut] != codes[cut - 1] if cut else torch.zeros(n, dtype=torch.bool))   # (N,)
     ids, labels = torch.tensor(rows), torch.tensor(labels)
     allowed = story_attention_mask(ids, cfg.pad_id, cfg.soi_id, cfg.eoi_id)
-    return ids, labels, allowed, labels >= cfg.image_offset
+    frame = labels >= cfg.image_offset                                     # frame k's masked places
+    changed_places = torch.zeros_like(frame)
+    changed_places[:, -n - 1:-1] = torch.stack(changed)                    # frame k's N places, before <|eoi|>
+    return ids, labels, allowed, frame, frame & changed_places
 
 
 def story_targets(labels, frame):
@@ -329,14 +346,19 @@ def story_targets(labels, frame):
     return torch.where(frame, labels, next_token_targets(labels.masked_fill(frame, IGNORE)))
 
 
-def story_losses(logits, labels, frame):
-    """The two losses of story rows: MTP on the frame (Eq. 2), NTP on the sentences (Eq. 1).
+def story_losses(logits, labels, frame, changed):
+    """The losses of story rows: MTP on the frame (Eq. 2), NTP on the sentences (Eq. 1), and
+    MTP again on the frame's changed tokens alone (0 where none is masked): a later frame is
+    mostly a copy of the one before, so this term sends frame loss to what the sentence
+    changed (train.py weighs it by `loss_story_changes`; 0 leaves it out).
 
     logits (K, V) at the K positions where story_targets has a target, in row-major order.
     """
-    is_frame = frame[story_targets(labels, frame) != IGNORE]                         # (K,)
+    targets = story_targets(labels, frame) != IGNORE                                  # (B, L)
+    is_frame = frame[targets]                                                         # (K,)
     return {"story frames": mtp_loss(logits[is_frame], labels.masked_fill(~frame, IGNORE)),
-            "story text": ntp_loss(logits[~is_frame], labels.masked_fill(frame, IGNORE))}
+            "story text": ntp_loss(logits[~is_frame], labels.masked_fill(frame, IGNORE)),
+            "story changes": mtp_loss(logits[changed[targets]], labels.masked_fill(~changed, IGNORE))}
 
 
 # ----------------------------------------------------------------------------------------
@@ -407,7 +429,8 @@ def draw_frame(story, settings, generator):
         hidden = story.peek(torch.cat([boundary(cfg.soi_id), frame, boundary(cfg.eoi_id)], dim=1))   # (rows, N + 2, D)
         logits = story.model.logits(hidden[:, 1:-1], slice(off, off + cfg.codebook_size))          # (rows, N, K)
         return guide(*logits.chunk(2), w) if w else logits
-    return maskgit(frame_logits, tokens, settings["steps"], cfg, settings["temperature"], generator)
+    return maskgit(frame_logits, tokens, settings["steps"], cfg, settings["temperature"], generator,
+                   code_temperature=settings["code_temperature"])
 
 
 def write_sentence(story, hidden, temperature, generator, silent):
@@ -440,17 +463,29 @@ def write_sentence(story, hidden, temperature, generator, silent):
     return [row[:row.index(cfg.eos_token_id)] for row in words.tolist()]
 
 
+def tell_sentences(story, sentences_ids):
+    """Given sentences join the story (a writer that is told what to write): one id list per
+    told row; the rows after them (the untold stories of guidance) get empty sentences."""
+    rows, cfg = story.ids.shape[0], story.cfg
+    slots = [sentence_slots(ids, cfg)[1:] for ids in sentences_ids]      # BOS is in the story already
+    slots += [sentence_slots([], cfg)[1:]] * (rows - len(slots))
+    story.append(torch.tensor(slots, device=story.ids.device))
+    return sentences_ids
+
+
 @torch.no_grad()
 def generate_stories(model, openings_ids, frames, settings, generator=None, first_codes=None, naive=False,
-                     text_temperature=0.0, progress=False):
+                     text_temperature=0.0, progress=False, sentences_ids=None):
     """B stories of `frames` frames from their opening sentences -> (codes (B, F, N), B lists
     of the F - 1 sentences written, as id lists).
 
     first_codes: optional (B, N) codes of a given first frame (drawn otherwise). settings:
-    {"steps", "guidance", "temperature"} of MaskGIT. Sentences are greedy by default
-    (text_temperature 0), else sampled at text_temperature: greedy writes valid sentences
+    {"steps", "guidance", "temperature", "code_temperature"} of MaskGIT. Sentences are greedy
+    by default (text_temperature 0), else sampled at text_temperature: greedy writes valid sentences
     far more often (docs/experiments.md, "Stories"). naive: recompute the whole story at every step
     (StorySoFar). With guidance, B more rows tell the same stories without words.
+    sentences_ids: optional B lists of F - 1 id lists, sentences given instead of written
+    (`change_scores`).
     """
     cfg = model.cfg
     device = next(model.parameters()).device
@@ -473,7 +508,10 @@ def generate_stories(model, openings_ids, frames, settings, generator=None, firs
                  torch.full((rows, 2), cfg.eoi_id, device=device)]
         frame[-1][:, 1] = cfg.bos_token_id                                # <|eoi|> BOS: the next sentence starts
         hidden = story.append(torch.cat(frame, dim=1))[:, -1]              # the frame joins the cache in one pass
-        sentences.append(write_sentence(story, hidden, text_temperature, generator, silent)[:len(openings_ids)])
+        if sentences_ids is None:
+            sentences.append(write_sentence(story, hidden, text_temperature, generator, silent)[:len(openings_ids)])
+        else:
+            sentences.append(tell_sentences(story, [told[k] for told in sentences_ids]))
     return torch.stack(drawn, dim=1), [list(row) for row in zip(*sentences)] or [[] for _ in openings_ids]
 
 
@@ -502,19 +540,53 @@ def scored_stories(model, vq, text_tokenizer, scoring, first=None, batch=45):
         chunk = openings[i:i + batch]
         codes, written = generate_stories(model, [text_tokenizer.encode(p) for p in chunk], scoring.story_frames,
                                           scoring.settings, gen)                      # (B, F, N)
-        pictures = decode_codes(vq, codes.flatten(0, 1)).reshape(*codes.shape[:2], *([IMAGE_SIZE] * 2), 3)
-        for opening, frames, sentences in zip(chunk, pictures, written):
-            frames = np.stack([as_world_picture(f) for f in frames])
+        for opening, frames, sentences in zip(chunk, world_frames(vq, codes), written):
             sentences = [opening] + [text_tokenizer.decode(ids).strip() for ids in sentences]
             stories.append((frames, sentences, check_story(frames, sentences)))
     return stories[:first]
 
 
+def world_frames(vq, codes):
+    """(B, F, N) codes -> (B, F, 32, 32, 3) uint8 frames, snapped to the world's colours."""
+    pictures = decode_codes(vq, codes.flatten(0, 1))
+    return np.stack([as_world_picture(picture) for picture in pictures]).reshape(*codes.shape[:2], *pictures.shape[1:])
+
+
+@torch.no_grad()
+def change_scores(model, vq, text_tokenizer, scoring, batch=45):
+    """Frame 2 drawn from a GIVEN sentence, by kind of change: {"story_move",
+    "story_recolour", "story_appear"}, each the share of frames 2 right among the openings
+    whose frame 1 came out right (a lone object cannot disappear; a centred one has no
+    free cell for another to appear in).
+
+    Why: the scored stories' writer is greedy and writes its favourite change nearly every
+    time, so their scores can hide a change the model cannot draw. Here each kind gets every
+    one-object opening it can happen to, with one of its sentences drawn at random."""
+    rng = random.Random(scoring.seed + 2000)
+    gen = torch.Generator(next(model.parameters()).device).manual_seed(scoring.seed + 2000)
+    scores = {}
+    for kind in ("move", "recolour", "appear"):
+        told = [(opening, rng.choice(options[kind])) for opening in one_object_captions()
+                if kind in (options := possible_changes(parse_caption(opening)))]
+        right = []
+        for i in range(0, len(told), batch):
+            chunk = [[text_tokenizer.encode(text) for text in pair] for pair in told[i:i + batch]]
+            codes, _ = generate_stories(model, [opening for opening, _ in chunk], 2, scoring.settings, gen,
+                                        sentences_ids=[[sentence] for _, sentence in chunk])
+            for (opening, sentence), frames in zip(told[i:i + batch], world_frames(vq, codes)):
+                (_, first), (_, second) = check_story(frames, [opening, sentence])
+                right += [second] if first else []
+        scores[f"story_{kind}"] = float(np.mean(right)) if right else 0.0
+    return scores
+
+
 def story_scores(model, vq, text_tokenizer, scoring):
     """Stories from the 90 one-object captions, story_frames frames each, scored by
     check_story: {"story_frames": frames right, "story_whole": stories with every
-    frame right, "story_sentences": written sentences (frame 2 on) that are valid}."""
+    frame right, "story_sentences": written sentences (frame 2 on) that are valid}, and
+    the `change_scores` of frames drawn from given sentences."""
     results = [result for _, _, result in scored_stories(model, vq, text_tokenizer, scoring)]
     return {"story_frames": float(np.mean([right for story in results for _, right in story])),
             "story_whole": float(np.mean([all(right for _, right in story) for story in results])),
-            "story_sentences": float(np.mean([valid for story in results for valid, _ in story[1:]]))}
+            "story_sentences": float(np.mean([valid for story in results for valid, _ in story[1:]])),
+            **change_scores(model, vq, text_tokenizer, scoring)}

@@ -110,12 +110,14 @@ class TrainConfig:
     loss_t2i: float = 1.0            # the three weights of mixed_loss (the released configs' values)
     loss_lm: float = 0.1
     loss_mmu: float = 1.0
+    loss_story_changes: float = 0.0  # stories: MTP again on the tokens a sentence changed (stories.story_losses)
     # sampling for the samples and scores, stored in the checkpoint as sampling.py's defaults;
     # chosen on draws apart from the scored ones, averaged over three seeds
     sample_steps: int = 16
     guidance: float = 1.0
     sample_temperature: float = 1.0
     sample_top_k: int = 0            # ar only: sample among the k most likely codes (0: all)
+    sample_code_temperature: float = 1.0   # mtp only: codes drawn from softmax(logits / T); 1: as released
     save_every: int = 100            # a checkpoint every this many transformer steps (and on Ctrl-C)
     eval_every: int = 0              # scores every this many steps for the learning curve (0: at the end)
 
@@ -136,9 +138,11 @@ PRESETS = {
     # one command: its own image tokenizer, cell-local (each code sees its own 16x16 cell
     # of pixels only, so a later frame can copy every unchanged cell's codes), then the
     # tiny transformer on story rows (a sentence, a frame, a sentence, ...), t2i rows (the
-    # first frame is a drawing from a caption) and a few understanding rows (reading).
+    # first frame is a drawing from a caption) and a few understanding rows (reading). The
+    # tokens a sentence changes get a loss term of their own (the rest of a later frame is
+    # a copy), and frames are drawn with codes at temperature 0.25 (chosen on draws apart).
     "story": TrainConfig(vq_local_window=16, batch_t2i=8, batch_mmu=2, batch_lm=0, batch_story=8,
-                         train_stories=10000, steps=2800),
+                         train_stories=10000, steps=2800, loss_story_changes=1.0, sample_code_temperature=0.25),
     # seconds: for tests and for trying the code path
     "micro": TrainConfig(train_scenes=400, eval_draws=1, eval_prompts=4, eval_scenes=4, bpe_vocab_size=512,
                          vq_z_channels=6, vq_ch=8, vq_steps=20, vq_batch=16, hidden_size=64,
@@ -234,13 +238,14 @@ class Part:
 
     mtp_positions (B, L) bool, stories only: the positions trained by mask-token prediction
     (the frame being drawn); the rest of a story row is trained by next-token prediction.
+    changed (B, L) bool, stories only: those of them that differ from the frame before.
     features (B, N, C) float, understanding rows of a continuous `mmu_features` run only:
     the pictures' features, which take the N picture places (holding [MASK] ids).
     """
 
-    def __init__(self, ids, labels, allowed, positions=None, mtp_positions=None, features=None):
+    def __init__(self, ids, labels, allowed, positions=None, mtp_positions=None, features=None, changed=None):
         self.ids, self.labels, self.allowed = ids, labels, allowed
-        self.mtp_positions, self.features = mtp_positions, features
+        self.mtp_positions, self.features, self.changed = mtp_positions, features, changed
         self.positions = torch.arange(ids.shape[1]).expand_as(ids) if positions is None else positions
 
     def __len__(self):
@@ -249,7 +254,7 @@ class Part:
     def to(self, device):
         move = lambda t: None if t is None else t.to(device)   # noqa: E731
         return Part(*(move(t) for t in (self.ids, self.labels, self.allowed, self.positions, self.mtp_positions,
-                                        self.features)))
+                                        self.features, self.changed)))
 
 
 class MixedBatches:
@@ -328,9 +333,9 @@ class MixedBatches:
 
     def story(self, rng, gen):
         """Stories cut after the frame being drawn (stories.story_rows)."""
-        ids, labels, allowed, frame = story_rows(self.stories, self.longer_than, self.tc.batch_story,
+        ids, labels, allowed, frame, changed = story_rows(self.stories, self.longer_than, self.tc.batch_story,
                                                  self.tc.caption_dropout, self.cfg, rng, gen)
-        return Part(ids, labels, allowed, mtp_positions=frame)
+        return Part(ids, labels, allowed, mtp_positions=frame, changed=changed)
 
     def text(self, picks):
         """Plain sentences for language modelling. Labels: every real token."""
@@ -379,7 +384,7 @@ class MixedForward(nn.Module):
 # A story row carries both objectives; its frame (MTP) is weighed as a t2i picture, its
 # sentences (NTP, written from the pictures before them) as understanding text.
 LOSS_WEIGHT = {"t2i": "loss_t2i", "lm": "loss_lm", "mmu": "loss_mmu", "story frames": "loss_t2i",
-               "story text": "loss_mmu"}
+               "story text": "loss_mmu", "story changes": "loss_story_changes"}
 
 
 def mixed_loss(forward, parts, tc, device):
@@ -405,7 +410,7 @@ def mixed_loss(forward, parts, tc, device):
     losses = {}
     for kind, part in parts.items():
         if kind == "story":   # one row, two objectives: a loss each, to weigh and to watch
-            losses.update(story_losses(logits[kind], part.labels, part.mtp_positions))
+            losses.update(story_losses(logits[kind], part.labels, part.mtp_positions, part.changed))
         elif kind == "t2i" and tc.image_objective == "mtp":
             losses[kind] = mtp_loss(logits[kind], part.labels)
         else:

@@ -92,6 +92,8 @@ CASES = [
     ("sampling", [*Q, "what?", "--top-k", "100000"], "chooses among"),
     ("sampling", [*S, "--top-k", "5"], "drop --top-k"),
     ("sampling", [*S, "--temperature", "nan"], "--temperature nan"),
+    ("sampling", [*S, "--code-temperature", "0"], "--code-temperature 0"),
+    ("sampling", [*Q, "what color is the circle?", "--code-temperature", "0.5"], "drop --code-temperature"),
     ("sampling", [*S, "--temperature", "inf"], "--temperature inf"),
     ("sampling", [*Q, "what color is the circle?", "--sample", "--temperature", "nan"], "--temperature nan"),
     ("sampling", [*S, "--steps", "0"], "--steps 0"),

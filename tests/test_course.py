@@ -101,6 +101,9 @@ def test_the_shipped_story_checkpoint_tells_stories_right():
 
     model, vq, text_tokenizer, extra = load_checkpoint(ROOT / "assets" / "story.pt")
     assert extra["made_by"]["command"] == "python train.py --preset story" and extra["made_by"]["seed"] == 0
+    from train import PRESETS
+    assert extra["sampling"]["t2i"]["code_temperature"] == PRESETS["story"].sample_code_temperature, \
+        "assets/story.pt must store the story preset's sampling defaults (its scores were measured with them)"
     told = scored_stories(model, vq, text_tokenizer, evaluate.scoring_of_checkpoint(extra), first=4)
     first_frames = [results[0][1] for _, _, results in told]
     whole = [all(right for _, right in results) for _, _, results in told]

@@ -16,8 +16,8 @@ from attention import t2i_attention_mask, t2i_sequences
 from checkpoint import load_checkpoint
 from model import ShowoConfig
 from pictures import stitch_extension
-from sampling import (FullRecomputeT2I, decode_tokens, generate_image_codes, guide, mask_schedule, maskgit_step,
-                      shift_codes)
+from sampling import (FullRecomputeT2I, decode_tokens, generate_image_codes, guide, mask_schedule, maskgit,
+                      maskgit_step, shift_codes)
 from tensor_files import CheckpointError
 
 
@@ -96,6 +96,20 @@ def test_each_step_commits_the_most_confident_guesses(micro):
     committed = (tokens[0] != cfg.mask_token_id).nonzero().flatten().tolist()
     assert committed == sure, f"committed positions {committed}, expected the confident ones {sure}"
     assert codes[0, sure].tolist() == [3, 3]
+
+
+def test_a_low_code_temperature_draws_the_likeliest_codes(micro):
+    """maskgit draws codes from softmax(logits / code_temperature): at 1 (as released) a
+    code of probability 0.5 loses about half the draws, near 0 it always wins."""
+    cfg = micro[0].cfg
+    tokens = torch.full((1, 64), cfg.mask_token_id)
+    logits = torch.zeros(1, 64, cfg.codebook_size)
+    logits[0, :, 3] = math.log(cfg.codebook_size - 1)         # p(code 3) = 0.5 everywhere
+    drawn = {t: maskgit(lambda _: logits, tokens, 1, cfg, generator=torch.Generator().manual_seed(0),
+                        code_temperature=t) for t in (1.0, 0.01)}
+    share = {t: (codes == 3).float().mean().item() for t, codes in drawn.items()}
+    assert 0.3 < share[1.0] < 0.7, f"at code temperature 1, code 3 (p = 0.5) drawn {share[1.0]:.0%} of the time"
+    assert share[0.01] == 1.0, f"at code temperature 0.01, code 3 (the likeliest) drawn {share[0.01]:.0%} of the time"
 
 
 @pytest.mark.lesson6

@@ -66,6 +66,26 @@ def test_a_change_leaves_the_rest_of_the_picture_alone():
                 assert (lit_before == lit_after).all()
 
 
+def test_a_moved_object_keeps_its_drawing_translated():
+    """A move is a translation (stories.realise): the moved object's 16x16 box holds the same
+    pixels in its new place, so a cell-local image tokenizer gives it the same codes there."""
+    def box(picture, place):
+        left, top = data.PLACES[place].left, data.PLACES[place].top
+        return picture[top:top + data.CELL_SIZE, left:left + data.CELL_SIZE]
+    moves = 0
+    for story in stories.make_stories(100, seed=5):
+        for scenes, pictures, sentence in zip(zip(story.scenes, story.scenes[1:]),
+                                              zip(story.images, story.images[1:]), story.sentences[1:]):
+            if " moves " not in sentence:
+                continue
+            [old] = [o for o in scenes[0] if sentence.startswith(f"the {o.colour} {o.shape} ")]
+            [new] = [o for o in scenes[1] if (o.colour, o.shape) == (old.colour, old.shape)]
+            assert (box(pictures[1], new.place) == box(pictures[0], old.place)).all(), \
+                f"{sentence!r}: the moved object was drawn anew, not translated (stories.realise)"
+            moves += 1
+    assert moves > 20
+
+
 def test_the_scorer_catches_a_wrong_frame_and_a_false_sentence():
     story = stories.random_story(random.Random(5), frames=3)
     good = stories.check_story(story.images, story.sentences)
@@ -121,8 +141,9 @@ def test_a_story_row_ends_with_the_frame_it_trains_and_labels_both_objectives():
     batches, rng, gen = story_batches(), random.Random(0), torch.Generator().manual_seed(0)
     parts = [batches.story(rng, gen) for _ in range(12)]
     rows = [row for part in parts for row in zip(part.ids.tolist(), part.labels, stories.story_targets(part.labels, part.mtp_positions),
-                                                 part.mtp_positions)]
-    for ids, labels, target, mtp in rows:
+                                                 part.mtp_positions, part.changed)]
+    stride = CFG.max_text_len + CFG.num_vq_tokens + 2                         # a sentence's slots and a frame
+    for ids, labels, target, mtp, changed in rows:
         end = max(i for i, t in enumerate(ids) if t != CFG.pad_id)           # the row's last real token
         masked = [i for i, t in enumerate(ids) if t == CFG.mask_token_id]
         assert masked and ids[end] == CFG.eoi_id                             # the masked frame is the last thing
@@ -131,13 +152,36 @@ def test_a_story_row_ends_with_the_frame_it_trains_and_labels_both_objectives():
         # MTP: a masked place predicts its own code; NTP: a sentence position predicts the next word
         for i in masked:
             assert target[i] == labels[i] >= CFG.image_offset
+            # changed: the masked codes that differ from the same place of the frame before (none in frame 1)
+            assert changed[i] == (len(ids) > 1 + stride and labels[i] != ids[i - stride]), \
+                "story_rows' changed must mark exactly the masked codes the frame before does not have"
+        assert not (changed & ~mtp).any()
         words = [i for i in range(end) if target[i] != IGNORE and not mtp[i]]
         assert all(target[i] == ids[i + 1] and ids[i + 1] < CFG.llm_vocab_size for i in words)
         told = ids[2] != CFG.eos_token_id                                    # BOS EOS: every sentence dropped
         assert bool(words) == told
     assert {len(part.ids[0]) for part in parts} == {1 + k * (CFG.max_text_len + 6) for k in (1, 2, 3)}
-    told = [ids[2] != CFG.eos_token_id for ids, _, _, _ in rows]
+    assert any(changed.any() for *_, changed in rows)
+    told = [ids[2] != CFG.eos_token_id for ids, _, _, _, _ in rows]
     assert 0 < told.count(False) < len(rows) / 4                             # caption_dropout's share, untold
+
+
+def test_the_changes_loss_is_mtp_on_the_changed_tokens_alone():
+    """story_losses' "story changes": cross-entropy averaged over the changed masked tokens
+    only (logits given at every target, in row-major order, as training gives them)."""
+    torch.manual_seed(0)
+    labels = torch.full((2, 6), IGNORE)
+    labels[:, 1:4] = torch.tensor([[70, 71, 72], [73, 74, 75]])               # masked frame tokens
+    labels[0, 5] = 9                                                           # a word (NTP target at 4)
+    frame = labels >= 70
+    changed = torch.zeros_like(frame)
+    changed[0, 2] = changed[1, 1] = changed[1, 3] = True
+    targets = stories.story_targets(labels, frame) != IGNORE
+    logits = torch.randn(int(targets.sum()), 80)
+    # targets in row-major order: row 0 at 1, 2, 3 (frame) and 4 (the word), row 1 at 1, 2, 3
+    expected = torch.nn.functional.cross_entropy(logits[[1, 4, 6]], torch.tensor([71, 73, 75]))
+    got = stories.story_losses(logits, labels, frame, changed)["story changes"]
+    assert torch.allclose(got, expected), f"story changes = {got.item():.4f}, MTP on the changed tokens = {expected.item():.4f}"
 
 
 def test_the_story_loss_splits_into_its_two_objectives_and_drops():
@@ -155,8 +199,8 @@ def test_the_story_loss_splits_into_its_two_objectives_and_drops():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert set(losses) == {"story frames", "story text"}
-    for kind in losses:
+    assert set(losses) == {"story frames", "story text", "story changes"}
+    for kind in ("story frames", "story text"):
         first, last = (np.mean([h[kind] for h in part]) for part in (history[:5], history[-5:]))
         assert last < 0.65 * first, (kind, first, last)
 
@@ -171,7 +215,7 @@ def test_cached_and_naive_stories_give_the_same_tokens(given_first_frame):
     runs = []
     for naive in (False, True):
         generator = torch.Generator().manual_seed(7)
-        settings = {"steps": 3, "guidance": 1.5, "temperature": 1.0}
+        settings = {"steps": 3, "guidance": 1.5, "temperature": 1.0, "code_temperature": 1.0}
         runs.append(stories.generate_stories(model, [[5, 6], [7]], 3, settings, generator, first, naive=naive))
     (codes, words), (naive_codes, naive_words) = runs
     assert codes.shape == (2, 3, 4) and torch.equal(codes, naive_codes) and words == naive_words
@@ -185,12 +229,12 @@ def test_a_story_frame_is_drawn_with_guidance(monkeypatch):
     guided (Eq. 12), then maskgit_step with the same random numbers."""
     torch.manual_seed(2)
     model = Showo(CFG).eval()
-    settings = {"steps": 1, "guidance": 2.0, "temperature": 1.0}
+    settings = {"steps": 1, "guidance": 2.0, "temperature": 1.0, "code_temperature": 1.0}
     prompt = torch.tensor([story_sequence([[5, 6]], [], CFG), story_sequence([[]], [], CFG)])
     seen = []                               # the logits the MaskGIT loop is given for the blank frame
     real_maskgit = stories.maskgit
-    monkeypatch.setattr(stories, "maskgit", lambda frame_logits, tokens, *rest: seen.append(frame_logits(tokens))
-                        or real_maskgit(frame_logits, tokens, *rest))
+    monkeypatch.setattr(stories, "maskgit", lambda frame_logits, tokens, *rest, **named: seen.append(
+        frame_logits(tokens)) or real_maskgit(frame_logits, tokens, *rest, **named))
     codes = stories.draw_frame(stories.StorySoFar(model, prompt), settings, torch.Generator().manual_seed(3))
     blank = [CFG.mask_token_id] * CFG.num_vq_tokens
     ids = torch.tensor([story_sequence([[5, 6]], [blank], CFG), story_sequence([[]], [blank], CFG)])
@@ -211,7 +255,7 @@ def test_the_cache_never_runs_a_token_twice():
     rows = []
     model.blocks[0].register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].shape[1]))
     steps, frames = 3, 3
-    codes, _ = stories.generate_stories(model, [[5, 6]], frames, {"steps": steps, "guidance": 0, "temperature": 1.0},
+    codes, _ = stories.generate_stories(model, [[5, 6]], frames, {"steps": steps, "guidance": 0, "temperature": 1.0, "code_temperature": 1.0},
                                          torch.Generator().manual_seed(0))
     story_length = 1 + frames * (CFG.max_text_len + CFG.num_vq_tokens + 2) - (CFG.num_vq_tokens + 2)
     frame = CFG.num_vq_tokens + 2
@@ -228,7 +272,7 @@ def test_every_finished_frame_joins_the_story(monkeypatch):
     monkeypatch.setattr(stories.StorySoFar, "append", lambda self, new: held.append(new.shape[1]) or
                         real_append(self, new))
     frames = 3
-    stories.generate_stories(Showo(CFG).eval(), [[5, 6]], frames, {"steps": 2, "guidance": 0, "temperature": 1.0},
+    stories.generate_stories(Showo(CFG).eval(), [[5, 6]], frames, {"steps": 2, "guidance": 0, "temperature": 1.0, "code_temperature": 1.0},
                              torch.Generator().manual_seed(0))
     story_length = 1 + frames * (CFG.max_text_len + CFG.num_vq_tokens + 2) - (CFG.num_vq_tokens + 2)
     assert sum(held) == story_length, (f"the story holds {sum(held)} tokens after {frames} frames, expected "
