@@ -382,7 +382,8 @@ class MixedForward(nn.Module):
 
 
 # A story row carries both objectives; its frame (MTP) is weighed as a t2i picture, its
-# sentences (NTP, written from the pictures before them) as understanding text.
+# sentences (NTP, written from the pictures before them) as understanding text, and the
+# frame's changed tokens once more by loss_story_changes (0 outside the story preset).
 LOSS_WEIGHT = {"t2i": "loss_t2i", "lm": "loss_lm", "mmu": "loss_mmu", "story frames": "loss_t2i",
                "story text": "loss_mmu", "story changes": "loss_story_changes"}
 
