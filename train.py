@@ -138,9 +138,8 @@ PRESETS = {
     # one command: its own image tokenizer, cell-local (each code sees its own 16x16 cell
     # of pixels only, so a later frame can copy every unchanged cell's codes), then the
     # tiny transformer on story rows (a sentence, a frame, a sentence, ...), t2i rows (the
-    # first frame is a drawing from a caption) and a few understanding rows (reading). The
-    # tokens a sentence changes get a loss term of their own (the rest of a later frame is
-    # a copy), and frames are drawn with codes at temperature 0.25 (chosen on draws apart).
+    # first frame is a drawing from a caption) and a few understanding rows (reading); the
+    # tokens a sentence changes get a loss term of their own, and codes are drawn at T = 0.25.
     "story": TrainConfig(vq_local_window=16, batch_t2i=8, batch_mmu=2, batch_lm=0, batch_story=8,
                          train_stories=10000, steps=2800, loss_story_changes=1.0, sample_code_temperature=0.25),
     # seconds: for tests and for trying the code path
@@ -381,9 +380,8 @@ class MixedForward(nn.Module):
         return embed_with_features(self.model, part.ids, self.model.mm_projector(part.features))
 
 
-# A story row carries both objectives; its frame (MTP) is weighed as a t2i picture, its
-# sentences (NTP, written from the pictures before them) as understanding text, and the
-# frame's changed tokens once more by loss_story_changes (0 outside the story preset).
+# A story row: its frame (MTP) weighed as a t2i picture, its sentences (NTP) as understanding
+# text, and the frame's changed tokens once more by loss_story_changes (0 but in the preset).
 LOSS_WEIGHT = {"t2i": "loss_t2i", "lm": "loss_lm", "mmu": "loss_mmu", "story frames": "loss_t2i",
                "story text": "loss_mmu", "story changes": "loss_story_changes"}
 
