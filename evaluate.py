@@ -435,7 +435,9 @@ def show_stories(ckpt, out, count=4):
         raise ValueError(f"{ckpt} was not trained on stories: give a checkpoint of train.py --preset story")
     strips = []
     for number, (frames, sentences, results) in enumerate(scored_stories(model, vq, text_tokenizer, scoring, count), 1):
-        marked = [f"{sentence} ({'right' if right else 'invalid' if not valid else 'wrong'})"
+        # one line a story: any run of whitespace in a sentence (a line break written by a
+        # barely trained model, say) is shown as one space
+        marked = [f"{' '.join(sentence.split())} ({'right' if right else 'invalid' if not valid else 'wrong'})"
                   for sentence, (valid, right) in zip(sentences, results)]
         print(f"story {number}: " + " / ".join(marked))
         strips.append(np.asarray(story_strip(frames, marked)))

@@ -341,5 +341,5 @@ def test_the_stories_shown_are_the_first_scored_ones(story_checkpoint, tmp_path,
     for number, (_, sentences, results) in enumerate(every[:2], 1):
         marks = ["right" if right else "invalid" if not valid else "wrong" for valid, right in results]
         assert printed[number - 1] == f"story {number}: " + " / ".join(
-            f"{sentence} ({mark})" for sentence, mark in zip(sentences, marks)), printed
+            f"{' '.join(sentence.split())} ({mark})" for sentence, mark in zip(sentences, marks)), printed
     assert (tmp_path / "s.png").exists()
