@@ -183,9 +183,9 @@ TRAIN_RANGES = {
     "lr": (1e-9, 1.0), "vq_local_window": (0, 1024),
     "min_lr": (0.0, 1.0), "warmup": (0, 10 ** 8), "weight_decay": (0.0, 1.0),
     "caption_dropout": (0.0, 0.99), "loss_t2i": (0.0, 1000.0), "loss_lm": (0.0, 1000.0),
-    "loss_mmu": (0.0, 1000.0), "loss_story_changes": (0.0, 1000.0), "sample_steps": (1, 1000), "guidance": (0.0, 100.0),
+    "loss_mmu": (0.0, 1000.0), "sample_steps": (1, 1000), "guidance": (0.0, 100.0),
     "sample_temperature": (0.0, 100.0), "sample_top_k": (0, 2 ** 16), "save_every": (1, 10 ** 8),
-    "eval_every": (0, 10 ** 8), "sample_code_temperature": (0.01, 100.0),
+    "eval_every": (0, 10 ** 8), "sample_code_temperature": (0.01, 100.0), "loss_story_changes": (0.0, 1000.0),
 }
 
 
