@@ -168,9 +168,10 @@ def realise(previous, scene, rng: random.Random) -> list[ShapeObject]:
     one its box, a moved one its size and its offset inside its 16x16 box (the same
     drawing, translated); only a new object gets a fresh random box in its cell.
 
-    Why translate: with a cell-local image tokenizer (tokenizer.py, local_window) a grid
-    cell's 16 codes depend on that cell's pixels only, so an object moved from one grid
-    cell to another has exactly the codes it had: drawing the move is copying them."""
+    Why translate: with a window-local image tokenizer (tokenizer.py, local_window = 8) a
+    code depends on its own 8x8 window of pixels only, and every place's box (the grid
+    cells and the centre) starts on that 8-pixel lattice, so a moved object, to or from the
+    centre too, has exactly the codes it had: drawing the move is copying them."""
     objects = []
     for colour, shape, place in scene:
         same = [o for o in previous if (o.colour, o.shape, o.place) == (colour, shape, place)]

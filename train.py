@@ -81,7 +81,7 @@ class TrainConfig:
     vq_lr: float = 3e-3
     vq_entropy_per_code: bool = True   # entropy bonus over whole codes, not bits: ~10x more codes used
     vq_mid_attention: bool = False     # an 8x8 grid is small enough for convolutions alone
-    vq_local_window: int = 0           # > 0: codes see their own window of pixels only (stories: 16, a grid cell)
+    vq_local_window: int = 0           # > 0: codes see their own window of pixels only (stories: 8, the places' lattice)
     # transformer (Phi-1.5 layout, scaled down)
     hidden_size: int = 192
     num_layers: int = 4              # at this budget, steps count for more than width and depth
@@ -135,12 +135,12 @@ PRESETS = {
     "small": TrainConfig(vq_steps=2800, hidden_size=256, num_layers=6, steps=3850, lr=1e-3, eval_every=1000,
                          mmu_answer_only=True, sample_steps=12, guidance=1.5),
     # Mixed-modality generation (docs/experiments.md, "Stories"), trained from nothing by this
-    # one command: its own image tokenizer, cell-local (each code sees its own 16x16 cell
-    # of pixels only, so a later frame can copy every unchanged cell's codes), then the
+    # one command: its own image tokenizer, window-local (each code sees its own 8x8 window
+    # of pixels only, so a later frame can copy every unchanged object's codes), then the
     # tiny transformer on story rows (a sentence, a frame, a sentence, ...), t2i rows (the
     # first frame is a drawing from a caption) and a few understanding rows (reading); the
     # tokens a sentence changes get a loss term of their own, and codes are drawn at T = 0.25.
-    "story": TrainConfig(vq_local_window=16, batch_t2i=8, batch_mmu=2, batch_lm=0, batch_story=8,
+    "story": TrainConfig(vq_local_window=8, batch_t2i=8, batch_mmu=2, batch_lm=0, batch_story=8,
                          train_stories=10000, steps=2800, loss_story_changes=1.0, sample_code_temperature=0.25),
     # seconds: for tests and for trying the code path
     "micro": TrainConfig(train_scenes=400, eval_draws=1, eval_prompts=4, eval_scenes=4, bpe_vocab_size=512,

@@ -104,6 +104,8 @@ def test_the_shipped_story_checkpoint_tells_stories_right():
     from train import PRESETS
     assert extra["sampling"]["t2i"]["code_temperature"] == PRESETS["story"].sample_code_temperature, \
         "assets/story.pt must store the story preset's sampling defaults (its scores were measured with them)"
+    assert extra["train_config"]["vq_local_window"] == PRESETS["story"].vq_local_window == vq.cfg.local_window, \
+        "assets/story.pt must be the story preset's model, its image tokenizer's windows included"
     told = scored_stories(model, vq, text_tokenizer, evaluate.scoring_of_checkpoint(extra), first=4)
     first_frames = [results[0][1] for _, _, results in told]
     whole = [all(right for _, right in results) for _, _, results in told]

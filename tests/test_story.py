@@ -15,6 +15,7 @@ import stories
 import train
 from model import IGNORE, Showo, ShowoConfig
 from stories import sentence_slots, story_attention_mask, story_sequence
+from tokenizer import ImageTokenizer
 
 pytestmark = pytest.mark.lesson9   # COURSE.md: `python -m pytest -q -m lesson9` checks that lesson's exercise
 
@@ -84,6 +85,34 @@ def test_a_moved_object_keeps_its_drawing_translated():
                 f"{sentence!r}: the moved object was drawn anew, not translated (stories.realise)"
             moves += 1
     assert moves > 20
+
+
+def test_the_preset_tokenizer_draws_every_move_as_a_copy_of_codes():
+    """With the story preset's window-local image tokenizer (untrained weights will do: the
+    point is which pixels a code sees), a moved object's codes are its old codes, translated,
+    for moves to and from the centre as well: every place's box starts on the 8-pixel
+    lattice of its windows. A 16-pixel window would split the centre box in four."""
+    vq = ImageTokenizer(train.image_tokenizer_config(train.PRESETS["story"], data.IMAGE_SIZE)).eval()
+    code = vq.cfg.downsample                                     # pixels a side per code
+    side = data.CELL_SIZE // code                                # codes a side of a place's box
+
+    def box_codes(codes, obj):                                   # (side, side) codes of obj's place
+        top, left = data.PLACES[obj.place].top // code, data.PLACES[obj.place].left // code
+        return codes[top:top + side, left:left + side]
+
+    centre_moves = 0
+    for story in stories.make_stories(60, seed=7):
+        grid = data.IMAGE_SIZE // code
+        codes = vq.encode(data.pictures_to_tensor(story.images, data.IMAGE_SIZE)).view(-1, grid, grid)
+        for k, sentence in enumerate(story.sentences[1:]):
+            if " moves " not in sentence:
+                continue
+            [old] = [o for o in story.scenes[k] if sentence.startswith(f"the {o.colour} {o.shape} ")]
+            [new] = [o for o in story.scenes[k + 1] if (o.colour, o.shape) == (old.colour, old.shape)]
+            assert torch.equal(box_codes(codes[k], old), box_codes(codes[k + 1], new)), \
+                f"{sentence!r}: the moved object's codes changed (is the story preset's vq_local_window 8?)"
+            centre_moves += "center" in (old.place, new.place)
+    assert centre_moves > 5, centre_moves
 
 
 def test_the_scorer_catches_a_wrong_frame_and_a_false_sentence():
@@ -286,7 +315,7 @@ def test_every_finished_frame_joins_the_story(monkeypatch):
 def story_checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("story")
     train.main(["--preset", "micro", "--steps", "3", "--no-eval", "--set", "batch_story=2", "--set", "train_stories=8",
-                "--set", "vq_local_window=16", "--out-dir", str(root)])          # the story preset's kind of tokenizer
+                "--set", "vq_local_window=8", "--out-dir", str(root)])           # the story preset's kind of tokenizer
     return root / "micro.pt"
 
 
