@@ -69,7 +69,7 @@ def test_a_change_leaves_the_rest_of_the_picture_alone():
 
 def test_a_moved_object_keeps_its_drawing_translated():
     """A move is a translation (stories.realise): the moved object's 16x16 box holds the same
-    pixels in its new place, so a cell-local image tokenizer gives it the same codes there."""
+    pixels in its new place, so a window-local image tokenizer gives it the same codes there."""
     def box(picture, place):
         left, top = data.PLACES[place].left, data.PLACES[place].top
         return picture[top:top + data.CELL_SIZE, left:left + data.CELL_SIZE]
