@@ -81,7 +81,7 @@ class TrainConfig:
     vq_lr: float = 3e-3
     vq_entropy_per_code: bool = True   # entropy bonus over whole codes, not bits: ~10x more codes used
     vq_mid_attention: bool = False     # an 8x8 grid is small enough for convolutions alone
-    vq_local_window: int = 0           # > 0: codes see their own window of pixels only (stories: 8, the places' lattice)
+    vq_local_window: int = 0           # > 0: codes see only their own window of pixels (stories: 8)
     # transformer (Phi-1.5 layout, scaled down)
     hidden_size: int = 192
     num_layers: int = 4              # at this budget, steps count for more than width and depth
@@ -333,7 +333,7 @@ class MixedBatches:
     def story(self, rng, gen):
         """Stories cut after the frame being drawn (stories.story_rows)."""
         ids, labels, allowed, frame, changed = story_rows(self.stories, self.longer_than, self.tc.batch_story,
-                                                 self.tc.caption_dropout, self.cfg, rng, gen)
+                                                          self.tc.caption_dropout, self.cfg, rng, gen)
         return Part(ids, labels, allowed, mtp_positions=frame, changed=changed)
 
     def text(self, picks):

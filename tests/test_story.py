@@ -210,7 +210,8 @@ def test_the_changes_loss_is_mtp_on_the_changed_tokens_alone():
     # targets in row-major order: row 0 at 1, 2, 3 (frame) and 4 (the word), row 1 at 1, 2, 3
     expected = torch.nn.functional.cross_entropy(logits[[1, 4, 6]], torch.tensor([71, 73, 75]))
     got = stories.story_losses(logits, labels, frame, changed)["story changes"]
-    assert torch.allclose(got, expected), f"story changes = {got.item():.4f}, MTP on the changed tokens = {expected.item():.4f}"
+    assert torch.allclose(got, expected), \
+        f"story changes = {got.item():.4f}, MTP on the changed tokens = {expected.item():.4f}"
 
 
 def test_the_story_loss_splits_into_its_two_objectives_and_drops():
@@ -284,8 +285,8 @@ def test_the_cache_never_runs_a_token_twice():
     rows = []
     model.blocks[0].register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].shape[1]))
     steps, frames = 3, 3
-    codes, _ = stories.generate_stories(model, [[5, 6]], frames, {"steps": steps, "guidance": 0, "temperature": 1.0, "code_temperature": 1.0},
-                                         torch.Generator().manual_seed(0))
+    settings = {"steps": steps, "guidance": 0, "temperature": 1.0, "code_temperature": 1.0}
+    codes, _ = stories.generate_stories(model, [[5, 6]], frames, settings, torch.Generator().manual_seed(0))
     story_length = 1 + frames * (CFG.max_text_len + CFG.num_vq_tokens + 2) - (CFG.num_vq_tokens + 2)
     frame = CFG.num_vq_tokens + 2
     # every token of the story (all but the last frame) once, and each step's frame against the cache
@@ -301,8 +302,8 @@ def test_every_finished_frame_joins_the_story(monkeypatch):
     monkeypatch.setattr(stories.StorySoFar, "append", lambda self, new: held.append(new.shape[1]) or
                         real_append(self, new))
     frames = 3
-    stories.generate_stories(Showo(CFG).eval(), [[5, 6]], frames, {"steps": 2, "guidance": 0, "temperature": 1.0, "code_temperature": 1.0},
-                             torch.Generator().manual_seed(0))
+    settings = {"steps": 2, "guidance": 0, "temperature": 1.0, "code_temperature": 1.0}
+    stories.generate_stories(Showo(CFG).eval(), [[5, 6]], frames, settings, torch.Generator().manual_seed(0))
     story_length = 1 + frames * (CFG.max_text_len + CFG.num_vq_tokens + 2) - (CFG.num_vq_tokens + 2)
     assert sum(held) == story_length, (f"the story holds {sum(held)} tokens after {frames} frames, expected "
                                        f"{story_length}: a finished frame must join the story (append), not only "
