@@ -140,6 +140,14 @@ def training_set(data_dir, scenes, seed):
             data.text_corpus(scenes, seed))
 
 
+def plain_texts(sentences, stories):
+    """The texts of the plain-text (language-modelling) rows: the world's sentences, or in a
+    story run its stories' change sentences ("the red circle turns green"). Those are short
+    rows where the writer learns the world's rules (a recolour changes the colour) far more
+    cheaply than in whole stories (docs/experiments.md, "Stories", lever 9)."""
+    return [s for story in stories for s in story.sentences[1:]] if stories else sentences
+
+
 def make_batches(cfg, tc, vq, text_tokenizer, training_data, stories, reader, process):
     """Stage 3 works on ids only: every picture is tokenized once, here, not per step."""
     images, captions, qa, sentences = training_data
@@ -154,7 +162,7 @@ def make_batches(cfg, tc, vq, text_tokenizer, training_data, stories, reader, pr
     check_text_fits(longest, cfg, f"max_text_len = {cfg.max_text_len}: the longest caption or sentence",
                     f"set at least --set max_text_len={len(longest) + 2}")
     return MixedBatches(cfg, tc, data.encode_pictures(vq, images, process.device), caption_ids, qa_ids,
-                        [encode(s) for s in sentences], story_ids, rank=process.rank,
+                        [encode(s) for s in plain_texts(sentences, stories)], story_ids, rank=process.rank,
                         features=reader(images) if reader else None)
 
 

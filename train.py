@@ -134,13 +134,12 @@ PRESETS = {
     # keeps those.
     "small": TrainConfig(vq_steps=2800, hidden_size=256, num_layers=6, steps=3850, lr=1e-3, eval_every=1000,
                          mmu_answer_only=True, sample_steps=12, guidance=1.5),
-    # Mixed-modality generation (docs/experiments.md, "Stories"), trained from nothing by this
-    # one command: its own image tokenizer, window-local (each code sees its own 8x8 window
-    # of pixels only, so a later frame can copy every unchanged object's codes), then the
-    # tiny transformer on story rows (a sentence, a frame, a sentence, ...), t2i rows (the
-    # first frame is a drawing from a caption) and a few understanding rows (reading); the
-    # tokens a sentence changes get a loss term of their own, and codes are drawn at T = 0.25.
-    "story": TrainConfig(vq_local_window=8, batch_t2i=8, batch_mmu=2, batch_lm=0, batch_story=8,
+    # Mixed-modality generation (docs/experiments.md, "Stories"), from nothing in one command:
+    # a window-local image tokenizer (a code sees its 8x8 window of pixels only, so a later
+    # frame copies every unchanged object's codes), then the tiny transformer on story rows,
+    # t2i rows (frame 1), a few understanding rows (reading) and plain-text rows of the change
+    # sentences, weighed 3 (the writer's rules); a sentence's changed tokens get a loss term of their own.
+    "story": TrainConfig(vq_local_window=8, batch_t2i=8, batch_mmu=2, batch_lm=24, loss_lm=3.0, batch_story=8,
                          train_stories=10000, steps=2800, loss_story_changes=1.0, sample_code_temperature=0.25),
     # seconds: for tests and for trying the code path
     "micro": TrainConfig(train_scenes=400, eval_draws=1, eval_prompts=4, eval_scenes=4, bpe_vocab_size=512,

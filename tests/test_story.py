@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import cli
+import commands
 import data
 import sampling
 import stories
@@ -193,6 +194,17 @@ def test_a_story_row_ends_with_the_frame_it_trains_and_labels_both_objectives():
     assert any(changed.any() for *_, changed in rows)
     told = [ids[2] != CFG.eos_token_id for ids, _, _, _, _ in rows]
     assert 0 < told.count(False) < len(rows) / 4                             # caption_dropout's share, untold
+
+
+def test_a_story_run_learns_language_from_its_change_sentences():
+    """commands.plain_texts: a story run's plain-text rows are its stories' change sentences
+    (the writer's rules, cheaply: lever 9); a run without stories keeps the world's sentences."""
+    told = stories.make_stories(6, seed=0)
+    texts = commands.plain_texts(["what color is the circle? red"], told)
+    assert texts == [sentence for story in told for sentence in story.sentences[1:]], \
+        "a story run's plain text must be every change sentence of its stories, openings left out"
+    assert all(any(p.fullmatch(t) for p in stories.CHANGE_PATTERNS.values()) for t in texts), texts
+    assert commands.plain_texts(["what color is the circle? red"], ()) == ["what color is the circle? red"]
 
 
 def test_the_changes_loss_is_mtp_on_the_changed_tokens_alone():
