@@ -90,7 +90,7 @@ class TrainConfig:
     steps: int = 1600
     batch_t2i: int = 20              # rows per step: small batches, many steps learn more per FLOP here
     batch_mmu: int = 4
-    batch_lm: int = 1                # plain text matters least for this world
+    batch_lm: int = 1                # plain text matters least here (a story run: its change sentences)
     image_objective: str = "mtp"     # "mtp": Show-o (masked tokens, MaskGIT); "ar": the raster-order baseline
     mmu_questions: int = 6           # question-answer pairs sharing one picture (the picture runs once)
     mmu_answer_only: bool = False    # False: NTP on questions too (draws better); True: on answers only
