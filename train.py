@@ -122,7 +122,6 @@ class TrainConfig:
     eval_every: int = 0              # scores every this many steps for the learning curve (0: at the end)
 
 
-
 PRESETS = {
     # ~10 minutes on a 2-core CPU
     "tiny": TrainConfig(),
@@ -138,9 +137,11 @@ PRESETS = {
     # a window-local image tokenizer (a code sees its 8x8 window of pixels only, so a later
     # frame copies every unchanged object's codes), then the tiny transformer on story rows,
     # t2i rows (frame 1), a few understanding rows (reading) and plain-text rows of the change
-    # sentences, weighed 3 (the writer's rules); a sentence's changed tokens get a loss term of their own.
+    # sentences (the writer's rules); changed tokens get a loss term of their own. Frames are
+    # drawn at w = 0.5 with codes at temperature 0.1 (chosen on stories apart from the scored).
     "story": TrainConfig(vq_local_window=8, batch_t2i=8, batch_mmu=2, batch_lm=24, loss_lm=3.0, batch_story=8,
-                         train_stories=10000, steps=2800, loss_story_changes=1.0, sample_code_temperature=0.25),
+                         train_stories=10000, steps=2800, loss_story_changes=1.0, guidance=0.5,
+                         sample_code_temperature=0.1),
     # seconds: for tests and for trying the code path
     "micro": TrainConfig(train_scenes=400, eval_draws=1, eval_prompts=4, eval_scenes=4, bpe_vocab_size=512,
                          vq_z_channels=6, vq_ch=8, vq_steps=20, vq_batch=16, hidden_size=64,
