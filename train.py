@@ -138,7 +138,7 @@ PRESETS = {
     # frame copies every unchanged object's codes), then the tiny transformer on story rows,
     # t2i rows (frame 1), a few understanding rows (reading) and plain-text rows of the change
     # sentences (the writer's rules); changed tokens get a loss term of their own. Frames are
-    # drawn at w = 0.5 with codes at temperature 0.1 (chosen on stories apart from the scored).
+    # drawn at w = 0.5 with codes at temperature 0.1 (lever 11: chosen on stories apart).
     "story": TrainConfig(vq_local_window=8, batch_t2i=8, batch_mmu=2, batch_lm=24, loss_lm=3.0, batch_story=8,
                          train_stories=10000, steps=2800, loss_story_changes=1.0, guidance=0.5,
                          sample_code_temperature=0.1),

@@ -102,10 +102,10 @@ def test_the_shipped_story_checkpoint_tells_stories_right():
 
     model, vq, text_tokenizer, extra = load_checkpoint(ROOT / "assets" / "story.pt")
     assert extra["made_by"]["command"] == "python train.py --preset story" and extra["made_by"]["seed"] == 0
-    from commands import config_from_dict
+    from commands import config_from_dict, sampling_settings
     from train import PRESETS
-    assert extra["sampling"]["t2i"]["code_temperature"] == PRESETS["story"].sample_code_temperature, \
-        "assets/story.pt must store the story preset's sampling defaults (its scores were measured with them)"
+    assert extra["sampling"]["t2i"] == sampling_settings(PRESETS["story"]), \
+        "assets/story.pt must store the story preset's drawing defaults (its scores were measured with them)"
     assert config_from_dict(extra["train_config"]) == PRESETS["story"], \
         "assets/story.pt must be the story preset's model: its stored recipe differs from PRESETS['story']"
     assert vq.cfg.local_window == PRESETS["story"].vq_local_window, "assets/story.pt's image tokenizer has other windows"
