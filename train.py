@@ -136,11 +136,11 @@ PRESETS = {
     # Mixed-modality generation (docs/experiments.md, "Stories"), from nothing in one command:
     # a window-local image tokenizer (a code sees its 8x8 window of pixels only, so a later
     # frame copies every unchanged object's codes), then the tiny transformer on story rows,
-    # t2i rows (frame 1), a few understanding rows (reading) and plain-text rows of the change
-    # sentences (the writer's rules); changed tokens get a loss term of their own. Frames are
-    # drawn at w = 0.5 with codes at temperature 0.1 (lever 11: chosen on stories apart).
-    "story": TrainConfig(vq_local_window=8, batch_t2i=8, batch_mmu=2, batch_lm=24, loss_lm=3.0, batch_story=8,
-                         train_stories=10000, steps=2800, loss_story_changes=1.0, guidance=0.5,
+    # few t2i rows (a story row draws its opening from a caption too: lever 13), a few
+    # understanding rows (reading) and plain-text rows of the change sentences (the writer's
+    # rules); changed tokens get a loss term of their own. Frames: w = 0.5, codes at 0.1 (lever 11).
+    "story": TrainConfig(vq_local_window=8, batch_t2i=4, batch_mmu=2, batch_lm=24, loss_lm=3.0, batch_story=8,
+                         train_stories=10000, steps=3160, loss_story_changes=1.0, guidance=0.5,
                          sample_code_temperature=0.1),
     # seconds: for tests and for trying the code path
     "micro": TrainConfig(train_scenes=400, eval_draws=1, eval_prompts=4, eval_scenes=4, bpe_vocab_size=512,
