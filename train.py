@@ -138,7 +138,7 @@ PRESETS = {
     # frame copies every unchanged object's codes), then the tiny transformer on story rows,
     # few t2i rows (a story row draws its opening from a caption too: lever 13), a few
     # understanding rows (reading) and plain-text rows of the change sentences (the writer's
-    # rules); changed tokens get a loss term of their own. Frames: w = 0.5, codes at 0.1 (lever 11).
+    # rules, weighed 3); changed tokens get a loss term of their own. Frames: w = 0.5, codes 0.1 (lever 11).
     "story": TrainConfig(vq_local_window=8, batch_t2i=4, batch_mmu=2, batch_lm=24, loss_lm=3.0, batch_story=8,
                          train_stories=10000, steps=3160, loss_story_changes=1.0, guidance=0.5,
                          sample_code_temperature=0.1),
